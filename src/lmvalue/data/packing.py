@@ -1,0 +1,148 @@
+"""Tokenize a corpus once, pack it into fixed-length blocks, and serve deterministic batches.
+
+Blocks have no padding: documents are concatenated, each followed by a separator (``[SEP]`` for
+encoders, the end-of-text token for decoders), and cut into blocks of ``block_size`` tokens;
+encoder blocks start with ``[CLS]``. The last partial block is dropped.
+
+Batches are served by :class:`BlockBatches`, a dataset whose item ``i`` is the whole batch ``i``
+of an epoch for one process. It is a pure function of (seed, epoch, i, rank), so data loader
+workers can build and mask batches in parallel, and a resumed run starts at batch ``i`` without
+reading the batches before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from lmvalue.errors import DataError
+
+
+def tokenize_corpus(texts: Iterable[str], tokenizer, *, batch_docs: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of every document, concatenated, without special tokens.
+
+    Returns:
+        (ids, offsets): ids int32 (N,), offsets int64 (D + 1,) so that document d is
+        ``ids[offsets[d]:offsets[d + 1]]``.
+    """
+    chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        for ids in encoded:
+            chunks.append(np.asarray(ids, dtype=np.int32))
+            lengths.append(len(ids))
+        batch.clear()
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= batch_docs:
+            flush()
+    if batch:
+        flush()
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    return ids, offsets
+
+
+def split_documents(n_docs: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of document indices into (train, held-out); held-out has at least one doc."""
+    if n_docs < 2:
+        raise DataError(f"the corpus has {n_docs} document(s); at least 2 are needed to hold one out for evaluation")
+    order = np.random.default_rng(seed).permutation(n_docs)
+    n_eval = min(max(1, round(n_docs * eval_fraction)), n_docs - 1)
+    return np.sort(order[n_eval:]), np.sort(order[:n_eval])
+
+
+def pack_blocks(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    docs: np.ndarray,
+    block_size: int,
+    *,
+    sep_id: int,
+    cls_id: int | None = None,
+) -> np.ndarray:
+    """Concatenate ``docs`` (each followed by ``sep_id``) and cut into blocks.
+
+    Returns:
+        int32 array (n_blocks, block_size); each row starts with ``cls_id`` when given.
+    """
+    pieces = []
+    sep = np.array([sep_id], dtype=np.int32)
+    for d in docs:
+        pieces.append(ids[offsets[d] : offsets[d + 1]])
+        pieces.append(sep)
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    body = block_size - (1 if cls_id is not None else 0)
+    n_blocks = len(stream) // body
+    blocks = stream[: n_blocks * body].reshape(n_blocks, body)
+    if cls_id is not None:
+        blocks = np.concatenate([np.full((n_blocks, 1), cls_id, dtype=np.int32), blocks], axis=1)
+    return np.ascontiguousarray(blocks)
+
+
+def batch_generator(seed: int, *keys: int) -> torch.Generator:
+    """A torch generator seeded from (seed, *keys) through numpy's SeedSequence (no collisions)."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class BlockBatches(torch.utils.data.Dataset):
+    """Batches of one epoch for one process; item ``i`` is the complete (prepared) batch ``i``.
+
+    Args:
+        blocks: (n_blocks, block_size) token ids (a numpy array or memmap).
+        batch_size: sequences per batch per process.
+        prepare: the objective's ``prepare(batch, generator)``, e.g. masking.
+        rank, world: this process and the number of processes; each takes its own rows of every
+            global batch of ``batch_size * world`` blocks, so processes see different data.
+    """
+
+    def __init__(
+        self,
+        blocks: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        prepare: Callable[[dict, torch.Generator], dict],
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+    ):
+        self.blocks = blocks
+        self.batch_size = batch_size
+        self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
+        self.prepare = prepare
+        n = len(blocks)
+        self.order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        self.n_batches = n // (batch_size * world)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def indices(self, i: int) -> np.ndarray:
+        start = (i * self.world + self.rank) * self.batch_size
+        return self.order[start : start + self.batch_size]
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.indices(i)
+        batch = {"input_ids": torch.from_numpy(np.asarray(self.blocks[np.sort(idx)], dtype=np.int64))}
+        batch = self.prepare(batch, batch_generator(self.seed, self.epoch, i, self.rank))
+        batch["block_index"] = torch.from_numpy(np.sort(idx).astype(np.int64))
+        return batch
+
+
+def eval_batches(blocks: np.ndarray, batch_size: int, prepare, *, seed: int) -> list[dict]:
+    """Held-out batches prepared once with a fixed seed, so every evaluation sees the same masks."""
+    out = []
+    for i, start in enumerate(range(0, len(blocks), batch_size)):
+        batch = {"input_ids": torch.from_numpy(np.asarray(blocks[start : start + batch_size], dtype=np.int64))}
+        out.append(prepare(batch, batch_generator(seed, 10**6, i)))
+    return out
