@@ -69,8 +69,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     flags = parser.add_argument_group("shortcuts")
     for flag, dotted in FLAGS.items():
         value = flag != "--no-progress"
-        flags.add_argument(flag, dest=dotted, action="store_const", const=value, default=argparse.SUPPRESS,
-                           help=f"same as {dotted}={str(value).lower()}")
+        flags.add_argument(
+            flag,
+            dest=dotted,
+            action="store_const",
+            const=value,
+            default=argparse.SUPPRESS,
+            help=f"same as {dotted}={str(value).lower()}",
+        )
     parser.add_argument("--config", "-c", help="YAML config file (sections as in --help)")
     parser.add_argument("overrides", nargs="*", metavar="section.field=VALUE", help="dotted overrides")
 
@@ -81,7 +87,9 @@ def config_from_args(cls, args: argparse.Namespace):
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     for item in args.overrides:
         if "=" not in item:
-            raise LmvalueError(f"cannot read override {item!r}: write it as section.field=VALUE, e.g. train.lr=1e-3")
+            raise LmvalueError(
+                f"cannot read override {item!r}: write it as section.field=VALUE, e.g. train.lr=1e-3"
+            )
         key, value = item.split("=", 1)
         overrides[key] = value
     yaml_path = args.config
@@ -112,6 +120,8 @@ def cmd_pretrain(args):
 
     cfg = config_from_args(PretrainConfig, args)
     metrics = pretrain(cfg)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
     final = metrics.get("final", {})
     print(
         f"pretraining finished ({metrics['stop_reason']}): {metrics['steps']} steps, "
@@ -141,7 +151,7 @@ def cmd_tokenizer(args):
 
 
 def cmd_demo(args):
-    from lmvalue.config import build_config, PretrainConfig
+    from lmvalue.config import PretrainConfig, build_config
     from lmvalue.pretrain import pretrain
 
     overrides = {
@@ -178,27 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled text",
-                       description="Self-supervised pretraining (masked LM, ...) on unlabeled text.")
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining on unlabeled text",
+        description="Self-supervised pretraining (masked LM, ...) on unlabeled text.",
+    )
     add_config_options(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("tokenizer", help="train a tokenizer on text", description="Train a tokenizer that "
-                       "transformers.AutoTokenizer loads.")
+    p = sub.add_parser(
+        "tokenizer",
+        help="train a tokenizer on text",
+        description="Train a tokenizer that transformers.AutoTokenizer loads.",
+    )
     p.add_argument("--data", default="demo:zh-reviews", help="text source (default: demo:zh-reviews)")
     p.add_argument("--output", "-o", required=True, help="folder to write the tokenizer to")
-    p.add_argument("--kind", default="wordpiece", choices=TOKENIZER_KINDS, help="tokenizer model (default wordpiece)")
+    p.add_argument(
+        "--kind", default="wordpiece", choices=TOKENIZER_KINDS, help="tokenizer model (default wordpiece)"
+    )
     p.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size (default 8000)")
     p.add_argument("--cased", action="store_true", help="keep case (default: lower-case)")
     p.add_argument("--max-docs", type=int, default=None, help="use at most this many documents")
     p.add_argument("--text-column", default="text", help="text column of csv/jsonl/parquet sources")
     p.add_argument("--encoding", default="utf-8", help="file encoding (default utf-8)")
-    p.add_argument("--errors", default="strict", choices=("strict", "replace", "ignore"), help="undecodable bytes")
+    p.add_argument(
+        "--errors", default="strict", choices=("strict", "replace", "ignore"), help="undecodable bytes"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer in --output")
     p.set_defaults(func=cmd_tokenizer)
 
-    p = sub.add_parser("demo", help="the main job on built-in data (demo:zh-reviews)",
-                       description="Train a tokenizer and pretrain a mini BERT on demo:zh-reviews.")
+    p = sub.add_parser(
+        "demo",
+        help="the main job on built-in data (demo:zh-reviews)",
+        description="Train a tokenizer and pretrain a mini BERT on demo:zh-reviews.",
+    )
     p.add_argument("--output", "-o", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run")
@@ -216,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("transformers", "accelerate", "datasets", "jieba", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if not args.command:
         parser.print_help()
         return 2

@@ -99,7 +99,9 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    source: str = _f("demo:zh-reviews", "unlabeled text: file, glob, folder, hf:NAME[:CONFIG][:SPLIT] or demo:NAME")
+    source: str = _f(
+        "demo:zh-reviews", "unlabeled text: file, glob, folder, hf:NAME[:CONFIG][:SPLIT] or demo:NAME"
+    )
     text_column: str = _f("text", "column holding the text in csv/tsv/jsonl/parquet/hf sources")
     encoding: str = _f("utf-8", "text encoding of local files")
     errors: str = _f("strict", "what to do with undecodable bytes: strict | replace | ignore")
@@ -242,7 +244,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         (item,) = args
         if isinstance(value, str):
             text = value.strip()
-            parsed = yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            parsed = (
+                yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            )
             value = parsed
         if not isinstance(value, list | tuple):
             value = [value]

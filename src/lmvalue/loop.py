@@ -60,6 +60,8 @@ def make_accelerator(cfg: TrainConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return Accelerator(
+        # Without a GPU, accelerate only sets up multi-process (gloo) runs when told cpu=True.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=mixed,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
@@ -90,7 +92,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, param_groups: list
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     fused = torch.cuda.is_available()
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None, foreach=None if fused else True)
+    return torch.optim.AdamW(
+        param_groups,
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
 
 
 def lr_factor(progress: float, warmup: float, kind: str) -> float:
@@ -253,6 +262,8 @@ def train_loop(
         return cfg.patience is not None and state.bad_evals >= cfg.patience
 
     stop = state.step >= cfg.max_steps
+    if state.step == 0 and not state.evals:
+        do_eval()  # the starting point, so that every run shows how far it moved
     while not stop:
         batches = epoch_batches(state.epoch)
         if len(batches) == 0:
@@ -267,6 +278,9 @@ def train_loop(
             num_workers=num_workers,
             pin_memory=accelerator.device.type == "cuda",
             persistent_workers=False,
+            # Its own generator: creating an iterator must not draw from the global RNG that
+            # drives dropout, or a resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg.seed + state.epoch),
         )
         for batch in loader:
             batch.pop("block_index", None)
@@ -288,7 +302,9 @@ def train_loop(
             if not sync:
                 continue
 
-            loss_value = accelerator.reduce(loss.detach().float(), reduction="mean") if world > 1 else loss.detach()
+            loss_value = (
+                accelerator.reduce(loss.detach().float(), reduction="mean") if world > 1 else loss.detach()
+            )
             if not torch.isfinite(loss_value):
                 _fail(run, main, state, last_saved_step, float(loss_value))
             if cfg.grad_clip:
@@ -327,7 +343,9 @@ def train_loop(
                     state.stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
                     done = True
             if done and not state.stop_reason:
-                state.stop_reason = "time budget" if out_of_time and state.step < cfg.max_steps else "max_steps"
+                state.stop_reason = (
+                    "time budget" if out_of_time and state.step < cfg.max_steps else "max_steps"
+                )
             if state.step % cfg.save_every == 0 or done:
                 state.elapsed = time.perf_counter() - start
                 save_checkpoint()

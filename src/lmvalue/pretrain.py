@@ -64,7 +64,9 @@ def load_hf_weights(model, folder: Path) -> None:
     }
     real_missing = [k for k in missing if k not in tied and not k.endswith("decoder.bias")]
     if real_missing or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {real_missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"checkpoint {folder} does not match the model: missing {real_missing}, unexpected {unexpected}"
+        )
 
 
 def get_tokenizer(cfg: PretrainConfig, run: RunDir, resume_from: Path | None, accelerator):
@@ -89,7 +91,9 @@ def get_tokenizer(cfg: PretrainConfig, run: RunDir, resume_from: Path | None, ac
             min_frequency=cfg.tokenizer.min_frequency,
             model_max_length=cfg.model.max_position_embeddings,
         )
-        log.info("trained a %s tokenizer in %.1fs -> %s", cfg.tokenizer.kind, time.perf_counter() - t0, target)
+        log.info(
+            "trained a %s tokenizer in %.1fs -> %s", cfg.tokenizer.kind, time.perf_counter() - t0, target
+        )
     accelerator.wait_for_everyone()
     return load_tokenizer(target)
 
@@ -97,7 +101,11 @@ def get_tokenizer(cfg: PretrainConfig, run: RunDir, resume_from: Path | None, ac
 def _source_kwargs(cfg: PretrainConfig) -> dict:
     d = cfg.data
     return dict(
-        text_column=d.text_column, encoding=d.encoding, errors=d.errors, paragraphs=d.paragraphs, max_docs=d.max_docs
+        text_column=d.text_column,
+        encoding=d.encoding,
+        errors=d.errors,
+        paragraphs=d.paragraphs,
+        max_docs=d.max_docs,
     )
 
 
@@ -140,6 +148,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     ``transformers.AutoModelForMaskedLM`` (or ``AutoModelForCausalLM`` for decoders).
     """
     accelerator = make_accelerator(cfg.train)
+    if not accelerator.is_main_process:  # one process speaks
+        log.setLevel(logging.WARNING)
+        cfg.train.progress = False
     run = RunDir(cfg.train.output_dir)
     resume_from = None
     if accelerator.is_main_process:
@@ -149,11 +160,18 @@ def pretrain(cfg: PretrainConfig) -> dict:
         resume_from = run.latest_checkpoint()
     if accelerator.is_main_process:
         save_yaml(cfg, run.path / "config.yaml")
-        previous = read_json(run.path / "run.json") if resume_from and (run.path / "run.json").is_file() else {}
+        previous = (
+            read_json(run.path / "run.json") if resume_from and (run.path / "run.json").is_file() else {}
+        )
         write_json_atomic(
             run.path / "run.json",
-            run_info(cfg, "running", started=previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
-                     resumed_from=str(resume_from) if resume_from else None, processes=accelerator.num_processes),
+            run_info(
+                cfg,
+                "running",
+                started=previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
+                resumed_from=str(resume_from) if resume_from else None,
+                processes=accelerator.num_processes,
+            ),
         )
 
     tokenizer = get_tokenizer(cfg, run, resume_from, accelerator)
@@ -166,14 +184,24 @@ def pretrain(cfg: PretrainConfig) -> dict:
             "data: %(documents)d documents, %(tokens)d tokens -> %(train_blocks)d train / %(eval_blocks)d held-out blocks",
             data_stats,
         )
-        log.info("model: %s, %.2fM parameters (%.2fM trainable)", type(model).__name__, total / 1e6, trainable / 1e6)
+        log.info(
+            "model: %s, %.2fM parameters (%.2fM trainable)",
+            type(model).__name__,
+            total / 1e6,
+            trainable / 1e6,
+        )
 
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def epoch_batches(epoch: int):
         return BlockBatches(
-            train_blocks, cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch,
-            prepare=objectives.prepare, rank=rank, world=world,
+            train_blocks,
+            cfg.train.batch_size,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            prepare=objectives.prepare,
+            rank=rank,
+            world=world,
         )
 
     eval_set = eval_batches(held_out, cfg.train.batch_size, objectives.prepare, seed=cfg.train.seed)
@@ -217,18 +245,24 @@ def pretrain(cfg: PretrainConfig) -> dict:
         "wall_seconds_this_session": round(wall, 2),
     }
     # Each process records what it saw and where it ended (checked by the multi-process test).
-    rank_info = {"rank": rank, "param_checksum": param_checksum(final)}
+    metrics["model_dir"] = str(run.path / "model")
+    rank_info = {
+        "rank": rank,
+        "param_checksum": param_checksum(final),
+        "first_batch_blocks": epoch_batches(0).indices(0).tolist(),
+    }
     (run.path / "ranks").mkdir(exist_ok=True)
     write_json_atomic(run.path / "ranks" / f"rank{rank}.json", rank_info)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model_dir = run.write_dir_atomic("model", lambda folder: save(final, folder))
-        metrics["model_dir"] = str(model_dir)
         write_json_atomic(run.path / "metrics.json", metrics)
         info = read_json(run.path / "run.json")
         info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json_atomic(run.path / "run.json", info)
         for name in ("metrics.json", "run.json"):
-            (model_dir / f"lmvalue_{name}").write_text((run.path / name).read_text(encoding="utf-8"), encoding="utf-8")
+            (model_dir / f"lmvalue_{name}").write_text(
+                (run.path / name).read_text(encoding="utf-8"), encoding="utf-8"
+            )
     accelerator.wait_for_everyone()
     return metrics

@@ -20,7 +20,9 @@ import torch
 from lmvalue.errors import DataError
 
 
-def tokenize_corpus(texts: Iterable[str], tokenizer, *, batch_docs: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_corpus(
+    texts: Iterable[str], tokenizer, *, batch_docs: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of every document, concatenated, without special tokens.
 
     Returns:
@@ -31,8 +33,17 @@ def tokenize_corpus(texts: Iterable[str], tokenizer, *, batch_docs: int = 1000) 
     lengths: list[int] = []
     batch: list[str] = []
 
+    # The Rust tokenizer directly: no per-call Python overhead and no max-length warnings
+    # (documents are packed afterwards, so their length does not matter here).
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
     def flush():
-        encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        if backend is not None:
+            encoded = [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
+        else:
+            encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+                "input_ids"
+            ]
         for ids in encoded:
             chunks.append(np.asarray(ids, dtype=np.int32))
             lengths.append(len(ids))
@@ -53,7 +64,9 @@ def tokenize_corpus(texts: Iterable[str], tokenizer, *, batch_docs: int = 1000) 
 def split_documents(n_docs: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded split of document indices into (train, held-out); held-out has at least one doc."""
     if n_docs < 2:
-        raise DataError(f"the corpus has {n_docs} document(s); at least 2 are needed to hold one out for evaluation")
+        raise DataError(
+            f"the corpus has {n_docs} document(s); at least 2 are needed to hold one out for evaluation"
+        )
     order = np.random.default_rng(seed).permutation(n_docs)
     n_eval = min(max(1, round(n_docs * eval_fraction)), n_docs - 1)
     return np.sort(order[n_eval:]), np.sort(order[:n_eval])
@@ -143,6 +156,8 @@ def eval_batches(blocks: np.ndarray, batch_size: int, prepare, *, seed: int) -> 
     """Held-out batches prepared once with a fixed seed, so every evaluation sees the same masks."""
     out = []
     for i, start in enumerate(range(0, len(blocks), batch_size)):
-        batch = {"input_ids": torch.from_numpy(np.asarray(blocks[start : start + batch_size], dtype=np.int64))}
+        batch = {
+            "input_ids": torch.from_numpy(np.asarray(blocks[start : start + batch_size], dtype=np.int64))
+        }
         out.append(prepare(batch, batch_generator(seed, 10**6, i)))
     return out

@@ -106,7 +106,9 @@ class MaskedLM:
 
     name = "mlm"
 
-    def __init__(self, tokenizer, *, mask_rate=0.15, mask_token_share=0.8, random_token_share=0.1, sparse_head=True):
+    def __init__(
+        self, tokenizer, *, mask_rate=0.15, mask_token_share=0.8, random_token_share=0.1, sparse_head=True
+    ):
         if tokenizer.mask_token_id is None:
             from lmvalue.errors import ConfigError
 

@@ -1,0 +1,530 @@
+"""Train, save and load tokenizers.
+
+:func:`train_tokenizer` streams texts into the ``tokenizers`` library (the corpus is never held in
+memory as a whole), wraps the result in the generic transformers fast tokenizer
+(:class:`transformers.TokenizersBackend`, which ``PreTrainedTokenizerFast`` aliases in transformers 5)
+and saves it so that ``AutoTokenizer.from_pretrained(output_dir)`` gives back exactly the pipeline
+that was trained.
+
+Three kinds are supported:
+
+``wordpiece``
+    BERT style: ``BertNormalizer`` (every CJK character is its own word), ``BertPreTokenizer``,
+    WordPiece with ``##`` continuations, ``[CLS] A [SEP] B [SEP]`` with token type ids.
+``bpe``
+    GPT-2 style byte-level BPE: every byte is in the vocabulary, so nothing is ever unknown.
+    ``<|endoftext|>`` is bos/eos/unk, plus ``<pad>`` and ``<mask>`` (so it can serve masked LMs too).
+``unigram``
+    SentencePiece style Unigram with ``Metaspace`` and NFKC, and the same BERT-style special tokens
+    and templates as ``wordpiece``. The vocabulary must hold every distinct character of the corpus.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sized
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["TOKENIZER_KINDS", "train_tokenizer", "load_tokenizer", "check_vocab_matches"]
+
+TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
+
+# Texts handed to the Rust trainer per batch: large enough to amortize the Python/Rust crossing,
+# small enough that a batch of long documents stays a few MB.
+_BATCH_SIZE = 1000
+
+# Role -> token. The roles every kind needs; a custom ``special_tokens`` list must contain these.
+_BERT_ROLES = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+_BPE_ROLES = {
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+_ROLES = {"wordpiece": _BERT_ROLES, "bpe": _BPE_ROLES, "unigram": _BERT_ROLES}
+_DEFAULT_SPECIAL_TOKENS = {
+    "wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    "bpe": ["<|endoftext|>", "<pad>", "<mask>"],
+    "unigram": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+}
+
+# Files that mean "a tokenizer lives here" (written by transformers or by older slow tokenizers).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+_TRAIN_HINT = "train one with `lmvalue tokenizer --output {path}` (see `lmvalue tokenizer --help`)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    output_dir: str | Path,
+    *,
+    kind: str = "wordpiece",
+    vocab_size: int = 21128,
+    lowercase: bool = True,
+    special_tokens: list[str] | None = None,
+    max_docs: int | None = None,
+    min_frequency: int = 2,
+    model_max_length: int = 512,
+    show_progress: bool = False,
+    overwrite: bool = False,
+) -> PreTrainedTokenizerBase:
+    """Train a tokenizer on ``texts``, save it to ``output_dir`` and return it (as loaded back).
+
+    Args:
+        texts: any iterable of strings (a list, a generator, an open text file...). It is read once,
+            in batches, and never materialized. Blank texts are skipped.
+        output_dir: folder to write. Written atomically (temp folder next to it, then renamed).
+        kind: one of :data:`TOKENIZER_KINDS`.
+        vocab_size: upper bound of the vocabulary, special tokens included (small corpora may give less).
+        lowercase: lowercase (and, for wordpiece, strip accents) before tokenizing.
+        special_tokens: the special tokens, in id order. Defaults: ``[PAD] [UNK] [CLS] [SEP] [MASK]``
+            (wordpiece, unigram), ``<|endoftext|> <pad> <mask>`` (bpe). A custom list must contain these;
+            any extra ones become extra special tokens.
+        max_docs: read at most this many texts from ``texts``.
+        min_frequency: pairs seen fewer times are not merged (wordpiece, bpe).
+        model_max_length: the longest input the model takes, stored in the tokenizer.
+        show_progress: show the trainer's progress bars.
+        overwrite: replace a tokenizer already in ``output_dir`` (refused otherwise).
+
+    Raises:
+        ConfigError: bad arguments (all problems listed at once).
+        CheckpointError: ``output_dir`` already holds a tokenizer and ``overwrite`` is False.
+        DataError: no text, or a text that is not a string.
+    """
+    kind, special_tokens = _check_args(
+        texts,
+        kind=kind,
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        max_docs=max_docs,
+        min_frequency=min_frequency,
+        model_max_length=model_max_length,
+    )
+    output_dir = Path(output_dir).expanduser()
+    _check_output_dir(output_dir, overwrite)
+
+    stream = _TextStream(texts, max_docs, count_chars=(kind == "unigram"))
+    backend = _build_backend(kind, lowercase, special_tokens)
+    trainer = _build_trainer(kind, vocab_size, min_frequency, special_tokens, show_progress)
+    try:
+        backend.train_from_iterator(stream.batches(), trainer=trainer, length=_known_length(texts, max_docs))
+    except Exception as err:
+        if "not large enough to contain all chars" not in str(err):
+            raise
+        raise ConfigError(
+            f"vocab_size={vocab_size} is too small for a unigram tokenizer on this corpus: unigram keeps "
+            f"every distinct character and the texts have about {len(stream.chars)} of them. Set "
+            f"vocab_size to at least {len(stream.chars) + len(special_tokens) + 100}, or use "
+            "kind='wordpiece' (which keeps only the most frequent characters)."
+        ) from err
+
+    _finish_backend(backend, kind, vocab_size, special_tokens)
+    tokenizer = _wrap(backend, kind, special_tokens, model_max_length)
+    _save_atomically(tokenizer, output_dir)
+    return load_tokenizer(output_dir)
+
+
+def _check_args(
+    texts: Any,
+    *,
+    kind: Any,
+    vocab_size: Any,
+    special_tokens: Any,
+    max_docs: Any,
+    min_frequency: Any,
+    model_max_length: Any,
+) -> tuple[str, list[str]]:
+    """Validate the arguments; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    if isinstance(texts, (str, bytes, os.PathLike)):
+        problems.append(
+            f"texts must be an iterable of strings, got a single {type(texts).__name__} ({str(texts)[:60]!r}); "
+            "to train on a file, pass the open file (one text per line) or a list of lines"
+        )
+    elif not isinstance(texts, Iterable):
+        problems.append(f"texts must be an iterable of strings, got {type(texts).__name__}")
+
+    if kind not in TOKENIZER_KINDS:
+        problems.append(f"unknown tokenizer kind {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+        kind = "wordpiece"  # so the remaining checks can still run
+
+    if special_tokens is None:
+        special_tokens = list(_DEFAULT_SPECIAL_TOKENS[kind])
+    elif isinstance(special_tokens, str) or not all(isinstance(t, str) and t for t in special_tokens):
+        problems.append("special_tokens must be a list of non-empty strings")
+        special_tokens = list(_DEFAULT_SPECIAL_TOKENS[kind])
+    else:
+        special_tokens = list(special_tokens)
+        duplicates = sorted({t for t in special_tokens if special_tokens.count(t) > 1})
+        if duplicates:
+            problems.append(f"special_tokens has duplicates: {', '.join(duplicates)}")
+        missing = [t for t in dict.fromkeys(_ROLES[kind].values()) if t not in special_tokens]
+        if missing:
+            problems.append(
+                f"special_tokens for kind={kind!r} must include {', '.join(missing)} "
+                f"(the default is {' '.join(_DEFAULT_SPECIAL_TOKENS[kind])})"
+            )
+
+    minimum = len(special_tokens) + (256 if kind == "bpe" else 1)
+    if not _is_int(vocab_size) or vocab_size < minimum:
+        why = (
+            " (256 byte tokens + the special tokens)" if kind == "bpe" else " (more than the special tokens)"
+        )
+        problems.append(f"vocab_size must be an integer >= {minimum}{why}, got {vocab_size!r}")
+    if max_docs is not None and (not _is_int(max_docs) or max_docs < 1):
+        problems.append(f"max_docs must be a positive integer or None, got {max_docs!r}")
+    if not _is_int(min_frequency) or min_frequency < 0:
+        problems.append(f"min_frequency must be an integer >= 0, got {min_frequency!r}")
+    if not _is_int(model_max_length) or model_max_length < 1:
+        problems.append(f"model_max_length must be a positive integer, got {model_max_length!r}")
+
+    if problems:
+        raise ConfigError("invalid tokenizer settings:\n  - " + "\n  - ".join(problems))
+    return kind, special_tokens
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _known_length(texts: Iterable[str], max_docs: int | None) -> int | None:
+    """Number of texts when it is known without reading them (a list, ...), else None."""
+    if not isinstance(texts, Sized) or isinstance(texts, Iterator):
+        return None
+    try:
+        length = len(texts)
+    except TypeError:
+        return None
+    return length if max_docs is None else min(length, max_docs)
+
+
+def _empty_message(read: int, max_docs: int | None) -> str:
+    got = "the text stream was empty" if read == 0 else f"all {read} texts read were blank"
+    cap = f" (max_docs={max_docs})" if max_docs is not None else ""
+    return (
+        f"no text to train the tokenizer on: {got}{cap}. Check the corpus path and the text column, "
+        "or pass a larger max_docs."
+    )
+
+
+class _TextStream:
+    """Reads ``texts`` once, lazily, in batches; counts what it read."""
+
+    def __init__(self, texts: Iterable[str], max_docs: int | None, *, count_chars: bool = False):
+        iterator: Iterator[Any] = iter(texts)
+        if max_docs is not None:
+            iterator = itertools.islice(iterator, max_docs)  # never pulls the (max_docs+1)-th item
+        self._iterator = iterator
+        self.read = 0  # texts consumed from the iterable
+        self.kept = 0  # non-blank texts handed to the trainer
+        self.chars: set[str] = set()
+        self._count_chars = count_chars
+        # Look at the first non-blank text now, so an empty corpus fails before any training.
+        self._first = self._next_text()
+        if self._first is None:
+            raise DataError(_empty_message(self.read, max_docs))
+
+    def _next_text(self) -> str | None:
+        for text in self._iterator:
+            self.read += 1
+            if not isinstance(text, str):
+                raise DataError(
+                    f"text #{self.read} of the corpus is a {type(text).__name__}, not a string: "
+                    "pass an iterable of str (decode bytes, pick the text column of records)"
+                )
+            if text.strip():
+                self.kept += 1
+                if self._count_chars:
+                    self.chars.update(text)
+                return text
+        return None
+
+    def batches(self) -> Iterator[list[str]]:
+        batch = [self._first] if self._first is not None else []
+        self._first = None
+        while True:
+            text = self._next_text()
+            if text is None:
+                break
+            batch.append(text)
+            if len(batch) >= _BATCH_SIZE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def _build_backend(kind: str, lowercase: bool, special_tokens: list[str]) -> Tokenizer:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=_BERT_ROLES["unk_token"], continuing_subword_prefix="##"))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE())  # no unk: the byte alphabet covers every input
+        if lowercase:
+            tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    else:  # unigram
+        tok = Tokenizer(models.Unigram())
+        steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return tok
+
+
+def _build_trainer(
+    kind: str, vocab_size: int, min_frequency: int, special_tokens: list[str], show_progress: bool
+) -> Any:
+    from tokenizers import pre_tokenizers, trainers
+
+    if kind == "wordpiece":
+        # Keep the alphabet below the budget (a CJK corpus can have more distinct characters than a small
+        # vocab_size); the rarest characters then become [UNK]. Some room is left for the "##x" forms.
+        budget = vocab_size - len(special_tokens)
+        return trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special_tokens,
+            limit_alphabet=max(1, budget - min(1000, budget // 5)),
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+    if kind == "bpe":
+        return trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+    return trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        unk_token=_BERT_ROLES["unk_token"],
+        show_progress=show_progress,
+    )
+
+
+def _finish_backend(tok: Tokenizer, kind: str, vocab_size: int, special_tokens: list[str]) -> None:
+    """Enforce the vocab bound and add the BERT-style templates."""
+    from tokenizers import models, processors
+
+    if tok.get_vocab_size() > vocab_size:
+        if kind != "wordpiece":  # BPE starts at 256 + specials and the unigram trainer stops at vocab_size
+            raise AssertionError(
+                f"{kind} trainer gave {tok.get_vocab_size()} tokens > vocab_size={vocab_size}"
+            )
+        # The "##x" forms of the alphabet overflowed a tiny budget: drop the last (rarest) entries.
+        vocab = {token: i for token, i in tok.get_vocab(with_added_tokens=False).items() if i < vocab_size}
+        tok.model = models.WordPiece(
+            vocab=vocab, unk_token=_BERT_ROLES["unk_token"], continuing_subword_prefix="##"
+        )
+
+    if kind in ("wordpiece", "unigram"):
+        cls, sep = _BERT_ROLES["cls_token"], _BERT_ROLES["sep_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}",
+            pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+        )
+    for token in special_tokens:
+        if tok.token_to_id(token) is None:  # cannot happen with the trainers above; guard the contract
+            raise AssertionError(f"special token {token} missing from the trained vocabulary")
+
+
+def _wrap(backend: Tokenizer, kind: str, special_tokens: list[str], model_max_length: int) -> Any:
+    """Wrap in the generic transformers fast tokenizer, which loads tokenizer.json verbatim.
+
+    Model-specific classes (BertTokenizer, ...) have their own ``__init__`` that rebuilds the pipeline
+    from the vocabulary with that model's fixed normalizer/pre-tokenizer, so they would not reproduce a
+    unigram or lowercase=False pipeline; TokenizersBackend keeps whatever was trained.
+    """
+    from transformers import TokenizersBackend
+
+    roles = _ROLES[kind]
+    extra = [t for t in special_tokens if t not in set(roles.values())]
+    kwargs: dict[str, Any] = dict(roles)
+    if extra:
+        kwargs["extra_special_tokens"] = extra
+    if kind == "bpe":
+        kwargs["model_input_names"] = ["input_ids", "attention_mask"]  # decoders have no segments
+    else:  # BERT-style pairs: the default (no token_type_ids) would drop the segment ids
+        kwargs["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    return TokenizersBackend(
+        tokenizer_object=backend,
+        model_max_length=model_max_length,
+        padding_side="right",
+        truncation_side="right",
+        clean_up_tokenization_spaces=False,  # the WordPiece decoder already cleans up; others must not
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing the output folder
+# --------------------------------------------------------------------------------------------------
+
+
+def _tokenizer_files_in(folder: Path) -> list[str]:
+    return [name for name in _TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CheckpointError(
+            f"tokenizer output {output_dir} is a file, not a folder: pass a folder path with --output"
+        )
+    if output_dir.is_dir() and not overwrite:
+        found = _tokenizer_files_in(output_dir)
+        if found:
+            raise CheckpointError(
+                f"{output_dir} already contains a tokenizer ({', '.join(found)}): choose another output "
+                "folder, or pass overwrite=True (--overwrite) to replace it"
+            )
+
+
+def _save_atomically(tokenizer: Any, output_dir: Path) -> None:
+    """save_pretrained into a temp folder next to ``output_dir``, then move it into place.
+
+    A new folder is renamed into place in one step. Into an existing folder (which may hold other
+    things, e.g. a model checkpoint) the files are moved one by one with tokenizer.json last, after the
+    old tokenizer files are removed: an interruption leaves no tokenizer.json, never a mix of two.
+    """
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        if not (tmp / "tokenizer.json").is_file():
+            raise AssertionError(f"save_pretrained wrote no tokenizer.json in {tmp}")
+        try:
+            os.rename(tmp, output_dir)  # atomic; fails if output_dir exists (unless it is an empty dir)
+            return
+        except OSError:
+            if not output_dir.is_dir():
+                raise
+        for name in _TOKENIZER_FILES:  # old tokenizer (overwrite=True was checked before training)
+            (output_dir / name).unlink(missing_ok=True)
+        written = sorted(p.name for p in tmp.iterdir())
+        for name in [n for n in written if n != "tokenizer.json"] + ["tokenizer.json"]:
+            os.replace(tmp / name, output_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and checking
+# --------------------------------------------------------------------------------------------------
+
+
+def _looks_like_local_path(path_or_name: str | Path) -> bool:
+    if isinstance(path_or_name, Path):
+        return True
+    text = str(path_or_name)
+    return (
+        text.startswith((".", "~", "/"))
+        or os.path.isabs(text)
+        or "\\" in text
+        or text.count("/") > 1  # hub ids are "name" or "owner/name"
+    )
+
+
+def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local folder (as written by :func:`train_tokenizer`) or a hub name.
+
+    Raises:
+        LmvalueError: the folder does not exist, holds no tokenizer files, or cannot be loaded.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path_or_name).expanduser()
+    if path.exists() or _looks_like_local_path(path_or_name):
+        if not path.exists():
+            raise LmvalueError(
+                f"tokenizer folder {path} does not exist: check the path, or " + _TRAIN_HINT.format(path=path)
+            )
+        if not path.is_dir():
+            parent = f" (did you mean its folder {path.parent}?)" if path.name in _TOKENIZER_FILES else ""
+            raise LmvalueError(f"tokenizer path {path} is a file, not a folder{parent}")
+        if not _tokenizer_files_in(path):
+            raise LmvalueError(
+                f"{path} holds no tokenizer files (expected tokenizer.json and tokenizer_config.json): "
+                + _TRAIN_HINT.format(path=path)
+            )
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as err:  # corrupt or foreign files: the user's data, not a bug here
+            raise LmvalueError(
+                f"could not load the tokenizer in {path}: {err}. Re-create it, e.g. "
+                + _TRAIN_HINT.format(path=path)
+                + " with --overwrite"
+            ) from err
+    try:
+        return AutoTokenizer.from_pretrained(str(path_or_name))
+    except (OSError, ValueError) as err:
+        raise LmvalueError(
+            f"could not load tokenizer {str(path_or_name)!r}: no such local folder, and the Hugging Face Hub "
+            f"did not provide it ({err}). Check the name (and that you are online, or that it is cached), "
+            "or " + _TRAIN_HINT.format(path="DIR")
+        ) from err
+
+
+def check_vocab_matches(tokenizer: PreTrainedTokenizerBase, model_config: Any) -> None:
+    """Raise LmvalueError when the tokenizer has ids the model's embedding cannot look up.
+
+    Fewer tokens than embedding rows is fine (models often pad their vocab to a multiple of 8...).
+    """
+    config = model_config
+    if getattr(config, "vocab_size", None) is None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    rows = getattr(config, "vocab_size", None)
+    if rows is None:
+        return  # nothing to compare with
+    n_tokens = len(tokenizer)
+    if n_tokens > rows:
+        where = getattr(tokenizer, "name_or_path", "") or "(in memory)"
+        raise LmvalueError(
+            f"tokenizer at {where} has {n_tokens} tokens but the model's embedding has {rows} rows: use the "
+            "tokenizer the model was trained with, or (when pretraining from scratch) build the model with "
+            f"vocab_size={n_tokens}, or call model.resize_token_embeddings(len(tokenizer)) and train the new rows"
+        )

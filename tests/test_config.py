@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from lmvalue.config import PretrainConfig, build_config, to_dict
+from lmvalue.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_validate():
+    cfg = build_config(PretrainConfig)
+    assert cfg.objective.names == ["mlm"]
+    assert cfg.model.dims() == {"num_layers": 2, "hidden": 128, "heads": 2, "ffn": 512}
+
+
+def test_dotted_overrides_are_typed():
+    cfg = build_config(
+        PretrainConfig,
+        overrides={
+            "train.lr": "1e-3",
+            "train.max_steps": "50",
+            "train.max_minutes": "none",
+            "objective.names": "mlm,sop",
+            "objective.weights": "[1, 0.5]",
+            "train.resume": "false",
+        },
+    )
+    assert cfg.train.lr == 1e-3 and cfg.train.max_steps == 50 and cfg.train.max_minutes is None
+    assert cfg.objective.names == ["mlm", "sop"] and cfg.objective.weights == [1.0, 0.5]
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  preset: mini\ntrain:\n  lr: 0.01\n  seed: 3\n")
+    cfg = build_config(PretrainConfig, yaml_path=path, overrides={"train.seed": 7})
+    assert cfg.model.preset == "mini" and cfg.train.lr == 0.01 and cfg.train.seed == 7
+
+
+def test_every_problem_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        build_config(
+            PretrainConfig,
+            overrides={
+                "model.preset": "huge",
+                "train.lr": -1,
+                "train.optimizer": "adam9",
+                "data.block_size": 2,
+            },
+        )
+    msg = str(e.value)
+    for part in ("model.preset='huge'", "train.lr=-1", "adam9", "data.block_size=2"):
+        assert part in msg
+
+
+def test_unknown_and_badly_typed_options():
+    with pytest.raises(ConfigError) as e:
+        build_config(PretrainConfig, overrides={"train.lrr": 1, "train.max_steps": "many"})
+    assert "train.lrr" in str(e.value) and "known in this section" in str(e.value)
+    assert "train.max_steps: expected int" in str(e.value)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# lmvalue "), "every preset opens with the command that runs it"
+    cfg = build_config(PretrainConfig, yaml_path=path)
+    assert to_dict(cfg)
