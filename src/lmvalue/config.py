@@ -167,6 +167,7 @@ class TrainConfig:
     eval_every: int = _f(200, "evaluate on held-out data every N steps")
     save_every: int = _f(200, "write a resumable checkpoint every N steps")
     keep_checkpoints: int = _f(2, "how many resumable checkpoints to keep")
+    checkpoints: bool = _f(True, "write resumable checkpoints (off for short throw-away runs)")
     patience: int | None = _f(None, "early stopping: stop after N evaluations without improvement")
     select_best: bool = _f(False, "save the weights of the best evaluation instead of the last")
     log_every: int = _f(10, "log training loss every N steps")

@@ -17,7 +17,6 @@ atomic checkpoints with exact resume (optimizer, RNG and data position). It runs
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -173,6 +172,8 @@ def train_loop(
     """Train until ``max_steps``, ``max_minutes`` or early stopping; return the final state.
 
     On return ``model`` holds the final weights (the best evaluation's when ``cfg.select_best``).
+    ``on_step(model, state)`` runs after each optimizer step, before the gradients are cleared
+    (``state.step`` is the number of steps done before this one).
 
     Raises:
         TrainingError: the loss became NaN/inf; the last good checkpoint is kept.
@@ -313,9 +314,9 @@ def train_loop(
             for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 g["lr"] = base * factor
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if on_step is not None:
+            if on_step is not None:  # before zero_grad: AdaLoRA's rank allocation reads the gradients
                 on_step(unwrapped(), state)
+            optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.elapsed = time.perf_counter() - start
 
@@ -346,7 +347,7 @@ def train_loop(
                 state.stop_reason = (
                     "time budget" if out_of_time and state.step < cfg.max_steps else "max_steps"
                 )
-            if state.step % cfg.save_every == 0 or done:
+            if cfg.checkpoints and (state.step % cfg.save_every == 0 or done):
                 state.elapsed = time.perf_counter() - start
                 save_checkpoint()
             if done:
@@ -397,7 +398,3 @@ def param_checksum(model: torch.nn.Module) -> float:
     """A cheap fingerprint of the weights (used to check processes agree)."""
     with torch.no_grad():
         return float(sum(p.double().sum() for p in model.parameters()))
-
-
-def env_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

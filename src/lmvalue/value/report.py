@@ -1,0 +1,317 @@
+"""Summaries, verdict and the self-contained report (HTML with embedded plots + Markdown) of a study."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from lmvalue.value.stats import bootstrap_ci, label_efficiency_factor, labels_saved_area
+
+BASELINES = ("scratch", "tfidf")
+
+
+def curves_of(cells: list[dict]) -> dict[str, dict[int, dict[int, float]]]:
+    """arm -> budget -> seed -> score, from the finished (status done) cells."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for c in cells:
+        if c["status"] == "done" and c["score"] is not None and not math.isnan(c["score"]):
+            out[c["arm"]][c["budget"]][c["seed"]] = c["score"]
+    return out
+
+
+def _plain(curve: dict[int, dict[int, float]]) -> dict[int, list[float]]:
+    return {b: list(seeds.values()) for b, seeds in curve.items()}
+
+
+def paired_difference(arm: dict[int, float], base: dict[int, float]) -> tuple[float, float, float] | None:
+    """Mean and bootstrap CI of arm - baseline over the seeds both have (same seed = same labels)."""
+    seeds = sorted(set(arm) & set(base))
+    if not seeds:
+        return None
+    return bootstrap_ci([arm[s] - base[s] for s in seeds])
+
+
+def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str = "accuracy") -> dict:
+    """Everything the report shows, computed from the registry rows."""
+    curves = curves_of(cells)
+    table = []
+    for arm in sorted(curves):
+        for budget in sorted(curves[arm]):
+            scores = list(curves[arm][budget].values())
+            mean, lo, hi = bootstrap_ci(scores)
+            table.append(
+                {
+                    "arm": arm,
+                    "budget": budget,
+                    "n_seeds": len(scores),
+                    "mean": mean,
+                    "lo": lo,
+                    "hi": hi,
+                    "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                }
+            )
+    comparisons = []
+    for arm in sorted(curves):
+        for base in BASELINES:
+            if base == arm or base not in curves:
+                continue
+            entry = {"arm": arm, "baseline": base, "budgets": []}
+            for budget in sorted(curves[arm]):
+                eff = label_efficiency_factor(_plain(curves[arm]), _plain(curves[base]), budget)
+                diff = paired_difference(curves[arm][budget], curves[base].get(budget, {}))
+                entry["budgets"].append(
+                    {
+                        "budget": budget,
+                        "factor": eff.factor,
+                        "reached": eff.reached,
+                        "upper_bound": eff.at_least_min,
+                        "baseline_budget": eff.baseline_budget,
+                        "text": eff.describe(),
+                        "diff": diff,
+                    }
+                )
+            est, lo, hi = labels_saved_area(_plain(curves[arm]), _plain(curves[base]))
+            entry["area"] = {"labels": est, "lo": lo, "hi": hi}
+            comparisons.append(entry)
+    compute: dict = defaultdict(
+        lambda: {"cells": 0, "wall_s": 0.0, "cpu_s": 0.0, "train_flops": 0.0, "trainable": None}
+    )
+    failures = []
+    for c in cells:
+        comp = compute[c["arm"]]
+        comp["cells"] += 1
+        comp["wall_s"] += c["wall_s"] or 0.0
+        comp["cpu_s"] += c["cpu_s"] or 0.0
+        comp["train_flops"] += c["train_flops"] or 0.0
+        comp["trainable"] = c["trainable_params"] or comp["trainable"]
+        if c["status"] != "done":
+            failures.append(
+                {"what": f"{c['arm']} @ {c['budget']} labels, seed {c['seed']}", "error": c["error"]}
+            )
+    for arm, info in (arms_info or {}).items():
+        comp = compute[arm]
+        comp["pretrain_s"] = info["info"].get("pretrain_seconds")
+        comp["pretrain_tokens"] = info["info"].get("pretrain_tokens")
+        if info["status"] != "done":
+            failures.append({"what": f"{arm}: preparing the arm", "error": info["error"]})
+    return {
+        "metric": metric,
+        "curves": {a: _plain(c) for a, c in curves.items()},
+        "table": table,
+        "comparisons": comparisons,
+        "compute": dict(compute),
+        "failures": failures,
+    }
+
+
+def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_budget: int = 100) -> str:
+    """One plain-language paragraph a team can decide from."""
+    metric = summary["metric"]
+    sentences = []
+    for comp in summary["comparisons"]:
+        if comp["baseline"] != "scratch" or not comp["arm"].startswith(
+            ("pretrained", "continued", "checkpoint", "prompt")
+        ):
+            continue
+        rows = {r["budget"]: r for r in comp["budgets"]}
+        if not rows:
+            continue
+        at = (
+            focus_budget if focus_budget in rows else min(rows, key=lambda b: abs(math.log(b / focus_budget)))
+        )
+        r = rows[at]
+        paying = [b for b, x in sorted(rows.items()) if x["diff"] and x["diff"][1] > 0]
+        not_paying = [b for b, x in sorted(rows.items()) if not (x["diff"] and x["diff"][1] > 0)]
+        arm = comp["arm"]
+        if r["diff"] and r["diff"][0] <= 0:
+            sentences.append(
+                f"{arm} did not beat training from scratch at {at} labels "
+                f"({metric} {r['diff'][0] * 100:+.1f} points, 95% CI {r['diff'][1] * 100:+.1f} to {r['diff'][2] * 100:+.1f}); "
+                f"pretraining on {corpus_desc} was not worth it at this compute budget."
+            )
+            continue
+        worth = (
+            f"worth about {r['factor']:.1f}× the labels at {at} labels (scratch needs ~{r['baseline_budget']:.0f} labels to match)"
+            if r["reached"] and not r["upper_bound"]
+            else f"worth at least {r['factor']:.1f}× the labels at {at} labels (scratch never matches it within the budgets tried)"
+            if not r["reached"]
+            else f"no better than scratch's smallest budget at {at} labels"
+        )
+        s = f"{arm}: pretraining on {corpus_desc} is {worth}"
+        if r["diff"]:
+            s += f", {r['diff'][0] * 100:+.1f} {metric} points (95% CI {r['diff'][1] * 100:+.1f} to {r['diff'][2] * 100:+.1f})"
+        if paying and not_paying and max(paying) < max(rows):
+            s += f"; it stops paying off above {max(paying)} labels"
+        elif paying and not not_paying:
+            s += "; it pays off at every budget tried"
+        elif not paying:
+            s += "; the gain is within noise at every budget (no interval excludes zero)"
+        sentences.append(s + ".")
+    for comp in summary["comparisons"]:
+        if comp["baseline"] == "tfidf" and comp["arm"].startswith("pretrained"):
+            rows = {r["budget"]: r for r in comp["budgets"]}
+            if focus_budget in rows and rows[focus_budget]["diff"]:
+                d = rows[focus_budget]["diff"]
+                sentences.append(
+                    f"Against the TF-IDF baseline at {focus_budget} labels, {comp['arm']} is {d[0] * 100:+.1f} points."
+                )
+    if not sentences:
+        return (
+            "No pretrained arm was compared with scratch, so the study cannot say what pretraining was worth."
+        )
+    return " ".join(sentences)
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def learning_curve_png(summary: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    by_arm = defaultdict(list)
+    for row in summary["table"]:
+        by_arm[row["arm"]].append(row)
+    for arm, rows in sorted(by_arm.items()):
+        rows.sort(key=lambda r: r["budget"])
+        x = [r["budget"] for r in rows]
+        ax.plot(x, [r["mean"] for r in rows], marker="o", label=arm)
+        ax.fill_between(x, [r["lo"] for r in rows], [r["hi"] for r in rows], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled examples (log scale)")
+    ax.set_ylabel(f"test {summary['metric']}")
+    ax.set_title("Learning curves (mean over seeds, 95% bootstrap CI)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- documents ---------------------------------------------------------------------------------
+
+
+def _fmt(x, pct=True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x * 100:.1f}" if pct else f"{x:,.0f}"
+
+
+def markdown_report(summary: dict, meta: dict, verdict_text: str) -> str:
+    m = summary["metric"]
+    lines = [f"# lmvalue study: {meta.get('name', '')}", "", f"**Verdict.** {verdict_text}", ""]
+    lines += [
+        f"- task: {meta.get('task', '')}; metric: test {m} (%); test examples: {meta.get('n_test', '?')}",
+        f"- unlabeled corpus: {meta.get('corpus', '')}",
+        f"- overlap of the unlabeled corpus with the test texts: {meta.get('overlap_text', 'not checked')}",
+        "",
+    ]
+    lines += ["## Scores", "", f"| arm | budget | seeds | mean {m} | 95% CI |", "|---|---:|---:|---:|---|"]
+    for r in summary["table"]:
+        lines.append(
+            f"| {r['arm']} | {r['budget']} | {r['n_seeds']} | {_fmt(r['mean'])} | {_fmt(r['lo'])}–{_fmt(r['hi'])} |"
+        )
+    lines += [
+        "",
+        "## Label efficiency",
+        "",
+        "| arm | vs | budget | factor | Δ points (95% CI) |",
+        "|---|---|---:|---|---|",
+    ]
+    for comp in summary["comparisons"]:
+        for r in comp["budgets"]:
+            d = r["diff"]
+            dtxt = f"{d[0] * 100:+.1f} ({d[1] * 100:+.1f} to {d[2] * 100:+.1f})" if d else "–"
+            lines.append(f"| {comp['arm']} | {comp['baseline']} | {r['budget']} | {r['text']} | {dtxt} |")
+    lines += ["", "| arm | vs | labels saved (area between curves) | 95% CI |", "|---|---|---:|---|"]
+    for comp in summary["comparisons"]:
+        a = comp["area"]
+        lines.append(
+            f"| {comp['arm']} | {comp['baseline']} | {_fmt(a['labels'], False)} | {_fmt(a['lo'], False)} – {_fmt(a['hi'], False)} |"
+        )
+    lines += [
+        "",
+        "## Compute",
+        "",
+        "| arm | cells | fine-tuning wall s | CPU s | est. train FLOPs | trainable params | pretraining s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, c in sorted(summary["compute"].items()):
+        lines.append(
+            f"| {arm} | {c['cells']} | {c['wall_s']:.0f} | {c['cpu_s']:.0f} | {c['train_flops']:.2e} | "
+            f"{c['trainable'] or '–'} | {c.get('pretrain_s') or '–'} |"
+        )
+    if summary["failures"]:
+        lines += ["", "## Failures", ""] + [f"- {f['what']}: {f['error']}" for f in summary["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def html_report(summary: dict, meta: dict, verdict_text: str) -> str:
+    """A single self-contained page: inline CSS, the plot as a data URI, no scripts."""
+    png = base64.b64encode(learning_curve_png(summary)).decode()
+    md = markdown_report(summary, meta, verdict_text)
+    e = html.escape
+    body = [
+        f"<h1>lmvalue study: {e(str(meta.get('name', '')))}</h1>",
+        f"<p class='verdict'><b>Verdict.</b> {e(verdict_text)}</p>",
+        f"<img id='learning-curves' alt='learning curves' src='data:image/png;base64,{png}'>",
+    ]
+    # Tables: convert the Markdown tables to HTML (they are simple pipe tables).
+    block: list[str] = []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            body.append(_table_html(block))
+            block = []
+        if line.startswith("## "):
+            body.append(f"<h2>{e(line[3:])}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<p class='meta'>{e(line[2:])}</p>")
+    if block:
+        body.append(_table_html(block))
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}.verdict{background:#f3f7ff;padding:1em;border-left:4px solid #36c}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lmvalue study</title>"
+        f"<style>{css}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
+def _table_html(lines: list[str]) -> str:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    head, body = rows[0], [r for r in rows[2:]]
+    e = html.escape
+    out = "<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr></thead><tbody>"
+    for r in body:
+        out += "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
+    return out + "</tbody></table>"
+
+
+def write_report(study_dir: Path, summary: dict, meta: dict, verdict_text: str) -> tuple[Path, Path]:
+    study_dir = Path(study_dir)
+    html_path, md_path = study_dir / "report.html", study_dir / "report.md"
+    for path, text in (
+        (html_path, html_report(summary, meta, verdict_text)),
+        (md_path, markdown_report(summary, meta, verdict_text)),
+    ):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return html_path, md_path
