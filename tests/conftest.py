@@ -48,3 +48,45 @@ def tiny_pretrain_overrides(zh_tokenizer_dir, tmp_path):
         "train.progress": False,
         "train.threads": 1,
     }
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer_dir(tmp_path_factory):
+    """A BERT-style tokenizer whose vocabulary is *built*, not trained: the 1,200 most frequent
+    characters of 2,000 reviews (ties broken by the character) plus ``##`` continuations of ASCII
+    letters and digits. Unlike a trained one (the ``tokenizers`` trainers break frequency ties
+    differently from run to run), it is the same in every session, so fine-tuning tests that
+    assert learning margins see the same token ids every time."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from lmvalue.data.sources import iter_texts
+
+    counts = Counter(ch for text in iter_texts("demo:zh-reviews", max_docs=2000) for ch in text.lower())
+    chars = [c for c, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0])) if not c.isspace()][:1200]
+    ascii_ = "abcdefghijklmnopqrstuvwxyz0123456789"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + sorted(set(chars) | set(ascii_)) + [f"##{c}" for c in ascii_]
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    out = tmp_path_factory.mktemp("tok") / "zh-chars"
+    tok.save_pretrained(out)
+    return out

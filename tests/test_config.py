@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lmvalue.config import PretrainConfig, build_config, to_dict
+from lmvalue.config import FinetuneConfig, PretrainConfig, build_config, to_dict
 from lmvalue.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,9 +60,16 @@ def test_unknown_and_badly_typed_options():
     assert "train.max_steps: expected int" in str(e.value)
 
 
+# The config class of every command a shipped YAML may open with.
+COMMAND_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# lmvalue "), "every preset opens with the command that runs it"
-    cfg = build_config(PretrainConfig, yaml_path=path)
+    command = first.split()[2]
+    assert command in COMMAND_CONFIGS, f"{path.name} opens with an unknown command {command!r}"
+    assert f"--config configs/{path.name}" in first, "the first line is the command that runs this file"
+    cfg = build_config(COMMAND_CONFIGS[command], yaml_path=path)
     assert to_dict(cfg)

@@ -149,3 +149,40 @@ class RunDir:
         else:
             os.replace(tmp, final)
         return final
+
+
+def run_info(cfg, status: str, **extra) -> dict:
+    """What ``run.json`` records: version, status, seed, command, software and host."""
+    import platform
+    import sys
+
+    import torch
+    import transformers
+
+    import lmvalue
+
+    return {
+        "lmvalue_version": lmvalue.__version__,
+        "status": status,
+        "seed": cfg.train.seed,
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "host": platform.node(),
+        **extra,
+    }
+
+
+def finish_run(run: RunDir, metrics: dict, model_dirs=()) -> None:
+    """Write ``metrics.json``, mark ``run.json`` finished, and copy both into every model folder
+    (as ``lmvalue_metrics.json`` / ``lmvalue_run.json``) so a model folder describes itself."""
+    write_json_atomic(run.path / "metrics.json", metrics)
+    info = read_json(run.path / "run.json")
+    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json_atomic(run.path / "run.json", info)
+    for folder in model_dirs:
+        for name in ("metrics.json", "run.json"):
+            (Path(folder) / f"lmvalue_{name}").write_text(
+                (run.path / name).read_text(encoding="utf-8"), encoding="utf-8"
+            )

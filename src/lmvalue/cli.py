@@ -14,7 +14,9 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 import typing
+from pathlib import Path
 
 from lmvalue.errors import LmvalueError
 
@@ -33,8 +35,19 @@ ALIASES = {
     "--seed": "train.seed",
     "--lr": "train.lr",
     "--batch-size": "train.batch_size",
+    "--test": "data.test",
+    "--method": "method.name",
+    "--train-size": "budget.train_size",
+    "--per-class": "budget.per_class",
 }
-FLAGS = {"--resume": "train.resume", "--overwrite": "train.overwrite", "--no-progress": "train.progress"}
+FLAGS = {
+    "--resume": "train.resume",
+    "--overwrite": "train.overwrite",
+    "--no-progress": "train.progress",
+    "--merge": "method.merge",
+    "--strict": "budget.strict",
+    "--from-scratch": "model.from_scratch",
+}
 
 
 def _type_name(tp) -> str:
@@ -50,12 +63,14 @@ def _type_name(tp) -> str:
 def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--section.field`` option per config field, grouped by section, help from metadata."""
     hints = typing.get_type_hints(cls)
+    known = set()  # the dotted fields of this command: a shortcut is offered only for those
     for section in dataclasses.fields(cls):
         sec_cls = hints[section.name]
         group = parser.add_argument_group(f"{section.name} options")
         sec_hints = typing.get_type_hints(sec_cls)
         for f in dataclasses.fields(sec_cls):
             dotted = f"{section.name}.{f.name}"
+            known.add(dotted)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             names = [f"--{dotted}"]
             names += [a for a, target in ALIASES.items() if target == dotted]
@@ -68,6 +83,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
             )
     flags = parser.add_argument_group("shortcuts")
     for flag, dotted in FLAGS.items():
+        if dotted not in known:
+            continue
         value = flag != "--no-progress"
         flags.add_argument(
             flag,
@@ -150,35 +167,145 @@ def cmd_tokenizer(args):
     print(f"trained a {args.kind} tokenizer with {len(tok)} tokens -> {args.output}")
 
 
-def cmd_demo(args):
-    from lmvalue.config import PretrainConfig, build_config
-    from lmvalue.pretrain import pretrain
+def _study_overrides(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise LmvalueError(f"{flag} {item!r}: write it as section.field=VALUE, e.g. {flag} train.lr=1e-3")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
 
-    overrides = {
-        "data.source": "demo:zh-reviews",
-        "model.preset": "mini",
-        "tokenizer.vocab_size": 8000,
-        "train.output_dir": args.output,
-        "train.max_minutes": args.minutes,
-        "train.max_steps": 100000,
-        "train.eval_every": 100,
-        "train.save_every": 200,
-        "train.overwrite": args.overwrite,
-    }
-    cfg = build_config(PretrainConfig, overrides=overrides)
-    print(f"lmvalue demo: tokenizer + {args.minutes:g} minutes of masked-LM pretraining on demo:zh-reviews")
-    metrics = pretrain(cfg)
-    print(
-        f"held-out masked-LM loss {metrics['first_eval'].get('eval_loss', float('nan')):.3f} -> "
-        f"{metrics['final'].get('eval_loss', float('nan')):.3f} after {metrics['steps']} steps "
-        f"({metrics['tokens_per_s']:,.0f} tokens/s)"
+
+def _print_study(summary: dict) -> None:
+    print()
+    print("verdict: " + summary["verdict"])
+    print(f"report: {summary['report_html']} (and {Path(summary['report_md']).name})")
+
+
+def cmd_value(args):
+    from lmvalue.value.study import StudyConfig, run_study
+
+    cfg = StudyConfig(
+        output_dir=args.output, data=args.data, test=args.test, test_size=args.test_size,
+        text_column=args.text_column, label_column=args.label_column, corpus=args.corpus, arms=args.arms,
+        budgets=args.budgets, seeds=args.seeds, metric=args.metric, preset=args.preset,
+        vocab_size=args.vocab_size, pretrain_minutes=args.pretrain_minutes,
+        pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
+        finetune_overrides=_study_overrides(args.finetune, "--finetune"),
+        resume=args.resume, overwrite=args.overwrite,
     )
-    print(f"model saved to {metrics['model_dir']}")
+    _print_study(run_study(cfg))
+
+
+def cmd_report(args):
+    from lmvalue.value.study import write_study_report
+
+    _print_study(write_study_report(args.study))
+
+
+def cmd_demo(args):
+    from lmvalue.value.study import demo_config, run_study
+
+    t0 = time.perf_counter()
+    cfg = demo_config(args.output, resume=args.resume, overwrite=args.overwrite)
+    print(
+        f"lmvalue demo: is pretraining on the unlabeled reviews of demo:zh-reviews worth labels? "
+        f"arms {', '.join(cfg.arms)}; {cfg.seeds} seeds; budgets {cfg.budgets}; "
+        f"{cfg.pretrain_minutes:g} minutes of pretraining"
+    )
+    summary = run_study(cfg)
+    _print_study(summary)
+    print(f"wall time: {(time.perf_counter() - t0) / 60:.1f} minutes")
+
+
+def cmd_generate(args):
+    from lmvalue.generate import generate
+
+    texts = generate(
+        args.model,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
+    for text in texts:
+        print(args.prompt + text)
+
+
+def cmd_finetune(args):
+    from lmvalue.config import FinetuneConfig
+    from lmvalue.finetune import finetune
+
+    cfg = config_from_args(FinetuneConfig, args)
+    m = finetune(cfg)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    metric = m["metric"]
+    print(
+        f"{m['method']} on {m['examples']['train']} train / {m['examples']['dev']} dev examples: "
+        f"{m['trainable_params']:,} trainable of {m['total_params']:,} parameters; "
+        f"dev {metric} {_num(m['dev_score'])}, test {metric} {_num(m['test_score'])} "
+        f"(accuracy {_num(m['test'].get('accuracy', m['test'].get('token_accuracy')))}, "
+        f"{m['examples']['test']} test examples), {m['wall_seconds']:.0f}s"
+    )
+    for key in ("model_dir", "merged_dir"):
+        if m.get(key):
+            print(f"{'merged model' if key == 'merged_dir' else 'model'} saved to {m[key]}")
+    print(f"metrics: {os.path.join(cfg.train.output_dir, 'metrics.json')}")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def cmd_evaluate(args):
+    from lmvalue.inference import evaluate_model
+
+    result = evaluate_model(
+        args.model,
+        args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        text_pair_column=args.text_pair_column,
+        unknown_labels=args.unknown_labels,
+        out_dir=args.output,
+    )
+    if result.get("report_text"):
+        print(result["report_text"])
+    keys = (
+        "accuracy",
+        "macro_f1",
+        "token_accuracy",
+        "entity_precision",
+        "entity_recall",
+        "entity_f1",
+        "loss",
+    )
+    print(
+        ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result) + f" on {result['examples']} examples"
+    )
+    if args.output:
+        print(f"metrics, report and confusion matrix written to {args.output}")
+
+
+def cmd_predict(args):
+    from lmvalue.inference import load_task_model, predict_rows, read_inputs, write_rows
+
+    task = load_task_model(args.model, batch_size=args.batch_size)
+    inputs = read_inputs(args.input, task.spec, text_column=args.text_column)
+    rows = predict_rows(task, inputs)
+    write_rows(rows, task.spec, args.output)
+    if args.output:
+        print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lmvalue import __version__
-    from lmvalue.config import TOKENIZER_KINDS, PretrainConfig
+    from lmvalue.config import TOKENIZER_KINDS, FinetuneConfig, PretrainConfig
 
     parser = argparse.ArgumentParser(
         prog="lmvalue",
@@ -219,13 +346,113 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="the main job on built-in data (demo:zh-reviews)",
-        description="Train a tokenizer and pretrain a mini BERT on demo:zh-reviews.",
+        help="the whole value study on built-in data (demo:zh-reviews), in about 15 minutes on 2 CPU cores",
+        description="Is pretraining on the unlabeled demo reviews worth labels? scratch vs pretrained:mlm vs "
+        "tfidf over 4 label budgets and 3 seeds; prints the verdict and the report's path.",
     )
-    p.add_argument("--output", "-o", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget (default 3)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run")
+    p.add_argument("--output", "-o", default="runs/demo", help="study folder (default runs/demo)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted demo (finished cells are kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "value",
+        help="learning curves: how many labels is pretraining on your text worth?",
+        description="Run a value study: arms (scratch, pretrained:<objectives>, checkpoint:<path>, "
+        "continued:<path>, tfidf; add /METHOD for lora etc.) x label budgets x seeds, a SQLite registry "
+        "of every cell, statistics and an HTML/Markdown report.",
+    )
+    p.add_argument("--data", required=True, help="labeled examples (train pool; and test unless --test)")
+    p.add_argument("--test", help="labeled test set (default: carve --test-size examples out of --data)")
+    p.add_argument("--test-size", type=int, default=2000, help="carved test examples (default 2000)")
+    p.add_argument("--corpus", help="unlabeled text for pretraining (default: the training pool's texts)")
+    p.add_argument("--arms", nargs="+", default=["scratch", "pretrained:mlm", "tfidf"], help="arms to compare")
+    p.add_argument("--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per budget (default 5)")
+    p.add_argument("--metric", default="accuracy", help="headline test metric (default accuracy)")
+    p.add_argument("--preset", default="mini", help="architecture of scratch and pretrained arms (default mini)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="tokenizer trained on the corpus (default 8000)")
+    p.add_argument("--pretrain-minutes", type=float, default=10.0, help="pretraining budget per arm (default 10)")
+    p.add_argument("--pretrain", nargs="*", metavar="KEY=VALUE", help="pretraining overrides for every arm")
+    p.add_argument("--finetune", nargs="*", metavar="KEY=VALUE", help="fine-tuning overrides for every cell")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--output", "-o", default="runs/study", help="study folder (default runs/study)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted study; finished cells are kept")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study in --output")
+    p.set_defaults(func=cmd_value)
+
+    p = sub.add_parser("report", help="(re)write a study's HTML/Markdown report", description="Write "
+                       "report.html and report.md of a study folder from its registry (also while it runs).")
+    p.add_argument("study", help="study folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "generate",
+        help="sample continuations from a causal LM (pretrained with objective clm)",
+        description="Sample continuations of a prompt from a causal LM run or model folder.",
+    )
+    p.add_argument("--model", "-m", required=True, help="run folder (its model/), checkpoint or model folder")
+    p.add_argument("--prompt", "-p", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default 50)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature; 0: greedy (default 1)"
+    )
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass (default 1.0)")
+    p.add_argument("--num-samples", "-n", type=int, default=1, help="continuations to sample (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune on a label budget and score the test split",
+        description="Fine-tune a pretrained (or from-scratch) model, or fit the TF-IDF baseline, on a "
+        "seeded label budget; select on a dev split carved from it; score the test split once.",
+    )
+    add_config_options(p, FinetuneConfig)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned model on a labeled file",
+        description="Score any fine-tuned model folder (or task checkpoint) on labeled data.",
+    )
+    p.add_argument(
+        "--model", "-m", required=True, help="model folder (a fine-tuning run's model/ or merged/)"
+    )
+    p.add_argument("--data", required=True, help="labeled data: csv/tsv/jsonl/parquet, CoNLL, hf: or demo:")
+    p.add_argument("--text-column", default="text", help="text (tagging: tokens) column (default text)")
+    p.add_argument("--label-column", default="label", help="label (tagging: tags) column (default label)")
+    p.add_argument("--text-pair-column", default=None, help="second text column of pair tasks")
+    p.add_argument(
+        "--unknown-labels",
+        default="error",
+        choices=("error", "keep"),
+        help="labels the model does not know: stop (default) or score them as errors",
+    )
+    p.add_argument("--output", "-o", default=None, help="folder for metrics.json, report and confusion PNG")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        help="label texts with a fine-tuned model",
+        description="Batched prediction; writes JSON Lines (default) or CSV, one row per input line, in order.",
+    )
+    p.add_argument(
+        "--model", "-m", required=True, help="model folder (a fine-tuning run's model/ or merged/)"
+    )
+    p.add_argument(
+        "--input", "-i", required=True, help="a .txt (one input per line), .jsonl, .csv file, or - for stdin"
+    )
+    p.add_argument(
+        "--output", "-o", default=None, help="out.jsonl or out.csv (default: JSON Lines on stdout)"
+    )
+    p.add_argument(
+        "--text-column", default="text", help="text column/field of .csv/.jsonl inputs (default text)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per batch (default 64)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -127,12 +127,23 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    names: list[str] = _f(["mlm"], "self-supervised objectives by name, e.g. [mlm] or [mlm, sop]")
+    names: list[str] = _f(
+        ["mlm"],
+        "self-supervised objectives by name: mlm | wwm | span (one masking scheme), optionally with "
+        "nsp | sop (sentence pairs) and/or tags (word tags of a word/TAG corpus); clm for decoders",
+    )
     weights: list[float] | None = _f(None, "one loss weight per objective (default 1.0 each)")
-    mask_rate: float = _f(0.15, "share of tokens to predict in masked-LM objectives")
+    mask_rate: float = _f(0.15, "share of tokens to predict in masked-LM objectives (mlm, wwm, span)")
     mask_token_share: float = _f(0.8, "of the predicted tokens: share replaced by [MASK]")
     random_token_share: float = _f(0.1, "of the predicted tokens: share replaced by a random token")
     sparse_head: bool = _f(True, "compute the output projection only at masked positions (same loss, faster)")
+    span_p: float = _f(0.2, "span: p of the geometric distribution of span lengths in words (SpanBERT 0.2)")
+    span_max_words: int = _f(10, "span: longest span in words (SpanBERT 10)")
+    reference_mlm: bool = _f(
+        True,
+        "encoders: also score held-out packed blocks with plain random-token masking (eval_ref_mlm_*), "
+        "the same masks for every objective, so that runs with different objectives compare",
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -144,6 +155,10 @@ class ObjectiveConfig:
             out.append(f"objective.mask_rate={self.mask_rate} must be in (0, 1)")
         if self.mask_token_share + self.random_token_share > 1:
             out.append("objective.mask_token_share + objective.random_token_share must be <= 1")
+        if not 0 < self.span_p <= 1:
+            out.append(f"objective.span_p={self.span_p} must be in (0, 1]")
+        if self.span_max_words < 1:
+            out.append(f"objective.span_max_words={self.span_max_words} must be >= 1")
         return out
 
 
@@ -214,6 +229,235 @@ class PretrainConfig:
         if self.data.block_size > self.model.max_position_embeddings:
             out.append(
                 f"data.block_size={self.data.block_size} exceeds "
+                f"model.max_position_embeddings={self.model.max_position_embeddings}"
+            )
+        return out
+
+
+# --- fine-tuning (`lmvalue finetune`) ---------------------------------------------------------
+# The shared sections are reused where they fit (ModelConfig, TrainConfig); the two subclasses
+# below only add fields and change defaults, so the training loop takes them as they are.
+
+TASK_KINDS = ("auto", "classification", "pair", "tagging")
+TASK_METRICS = ("auto", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
+
+
+@dataclass
+class FinetuneModelConfig(ModelConfig):
+    init_from: str | None = _f(
+        None, "start from: an lmvalue run folder, a Hugging Face checkpoint folder or a hub name"
+    )
+    tokenizer: str | None = _f(
+        None, "tokenizer folder or hub name, for model.from_scratch with a preset (default: the checkpoint's)"
+    )
+    from_scratch: bool = _f(
+        False,
+        "random init of the same architecture and tokenizer (model.init_from's, or model.preset + "
+        "model.tokenizer): the no-pretraining baseline",
+    )
+    new_head: bool = _f(
+        False, "train a new task head instead of the checkpoint's own (needed when its labels differ)"
+    )
+
+
+@dataclass
+class LabeledDataConfig:
+    source: str = _f(
+        "demo:zh-reviews",
+        "labeled examples: .csv/.tsv/.jsonl/.json/.parquet, a CoNLL file, hf:NAME[:CONFIG][:SPLIT], "
+        "demo:zh-reviews, demo:zh-news:ner or demo:zh-news:pos",
+    )
+    test: str | None = _f(None, "labeled test set; none: carve data.test_size examples out of data.source")
+    test_size: float = _f(
+        2000, "test examples carved out of data.source when data.test is unset (< 1: a share)"
+    )
+    test_seed: int = _f(
+        0, "seed of the carved test split (fixed: independent of the budget and training seeds)"
+    )
+    text_column: str = _f("text", "column (field) holding the text; for tagging files: the tokens")
+    text_pair_column: str | None = _f(None, "column holding the second text of sentence-pair tasks")
+    label_column: str = _f("label", "column (field) holding the label; for tagging files: the tags")
+    encoding: str = _f("utf-8", "text encoding of local files")
+    errors: str = _f("strict", "what to do with undecodable bytes: strict | replace | ignore")
+    max_docs: int | None = _f(None, "read at most this many examples from each source")
+    dedupe: bool = _f(True, "drop repeated inputs before splitting, so no text is in both train and test")
+    max_length: int = _f(128, "longest input in tokens; longer inputs are truncated")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.errors not in ("strict", "replace", "ignore"):
+            out.append(f"data.errors={self.errors!r} must be strict, replace or ignore")
+        if self.test_size <= 0:
+            out.append(f"data.test_size={self.test_size} must be > 0")
+        if self.max_length < 8:
+            out.append(f"data.max_length={self.max_length} is too small (at least 8)")
+        return out
+
+
+@dataclass
+class TaskConfig:
+    kind: str = _f(
+        "auto",
+        "classification | pair | tagging; auto: tagging for CoNLL files and demo:zh-news:*, "
+        "pair when data.text_pair_column is set, else classification",
+    )
+    metric: str = _f(
+        "auto",
+        "score for model selection and the headline: accuracy | macro_f1 | entity_f1 | token_accuracy; "
+        "auto: macro_f1 (classification), entity_f1 (BIO/BIOES tags), token_accuracy (other tags)",
+    )
+    labels: list[str] | None = _f(
+        None, "the label set in order (default: the training data's labels, sorted)"
+    )
+    unknown_labels: str = _f(
+        "error", "test labels the training data lacks: error | keep (kept and scored as errors)"
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.kind not in TASK_KINDS:
+            out.append(f"task.kind={self.kind!r} must be one of {', '.join(TASK_KINDS)}")
+        if self.metric not in TASK_METRICS:
+            out.append(f"task.metric={self.metric!r} must be one of {', '.join(TASK_METRICS)}")
+        if self.unknown_labels not in ("error", "keep"):
+            out.append(f"task.unknown_labels={self.unknown_labels!r} must be error or keep")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            out.append("task.labels has repeated labels")
+        return out
+
+
+@dataclass
+class BudgetConfig:
+    train_size: int | None = _f(None, "labeled examples to use (train + dev), drawn stratified by label")
+    per_class: int | None = _f(None, "or: labeled examples per class (train + dev)")
+    dev_fraction: float = _f(
+        0.2, "share of the budget held out (stratified) as the dev split for model selection"
+    )
+    seed: int | None = _f(None, "seed of the draw (default: train.seed)")
+    strict: bool = _f(False, "refuse a budget larger than the data instead of using all of it")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.train_size is not None and self.per_class is not None:
+            out.append("budget.train_size and budget.per_class exclude each other; set one")
+        for name in ("train_size", "per_class"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                out.append(f"budget.{name}={value} must be >= 1")
+        if not 0 <= self.dev_fraction < 1:
+            out.append(f"budget.dev_fraction={self.dev_fraction} must be in [0, 1)")
+        return out
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("full", "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf")
+    merge: bool = _f(False, "also write merged/, a plain transformers model with the adapter folded in")
+    lora_r: int = _f(8, "lora: rank of the update")
+    lora_alpha: float = _f(16, "lora: scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = _f(0.1, "lora/adalora: dropout on the adapter input")
+    target_modules: list[str] | None = _f(
+        None, "lora/adalora/ia3: module names to adapt (default: peft's choice for the architecture)"
+    )
+    adalora_init_r: int = _f(12, "adalora: starting rank of every adapted matrix")
+    adalora_target_r: int = _f(4, "adalora: average rank after the budget is reallocated")
+    adalora_tinit: float = _f(0.1, "adalora: share of the run before ranks are pruned")
+    adalora_tfinal: float = _f(0.2, "adalora: share at the end of the run with the final ranks fixed")
+    adalora_delta_t: int = _f(1, "adalora: steps between two reallocations")
+    num_virtual_tokens: int = _f(20, "prefix/prompt-tuning: learned virtual tokens")
+    adapter_kind: str = _f(
+        "houlsby", "adapter: houlsby (after attention and feed-forward) | pfeiffer (after feed-forward)"
+    )
+    adapter_size: int = _f(64, "adapter: bottleneck width")
+    tfidf_analyzer: str = _f(
+        "auto", "tfidf: char | word | auto (char n-grams when most letters are CJK, else word n-grams)"
+    )
+    tfidf_ngrams: list[int] | None = _f(None, "tfidf: [min, max] n-gram length (default [1, 2])")
+    tfidf_c: list[float] = _f(
+        [0.1, 1.0, 10.0], "tfidf: inverse regularization strengths tried on the dev split"
+    )
+
+    def problems(self) -> list[str]:
+        from lmvalue.methods import METHODS
+
+        out = []
+        if self.name not in METHODS:
+            out.append(f"method.name={self.name!r} is unknown; choose one of {', '.join(METHODS)}")
+        elif self.merge and not METHODS[self.name].can_merge:
+            out.append(
+                f"method.merge: {self.name} cannot be merged into the base weights "
+                f"(mergeable: {', '.join(n for n, m in METHODS.items() if m.can_merge)}); drop --merge"
+            )
+        for name in ("lora_r", "adalora_init_r", "adalora_target_r", "num_virtual_tokens", "adapter_size"):
+            if getattr(self, name) < 1:
+                out.append(f"method.{name}={getattr(self, name)} must be >= 1")
+        if self.adalora_target_r > self.adalora_init_r:
+            out.append("method.adalora_target_r must be <= method.adalora_init_r")
+        if not 0 <= self.adalora_tinit + self.adalora_tfinal < 1:
+            out.append("method.adalora_tinit + method.adalora_tfinal must be in [0, 1)")
+        if self.adapter_kind not in ("houlsby", "pfeiffer"):
+            out.append(f"method.adapter_kind={self.adapter_kind!r} must be houlsby or pfeiffer")
+        if self.tfidf_analyzer not in ("auto", "char", "word"):
+            out.append(f"method.tfidf_analyzer={self.tfidf_analyzer!r} must be auto, char or word")
+        if self.tfidf_ngrams is not None and (
+            len(self.tfidf_ngrams) != 2 or not 1 <= self.tfidf_ngrams[0] <= self.tfidf_ngrams[1]
+        ):
+            out.append(f"method.tfidf_ngrams={self.tfidf_ngrams} must be [min, max] with 1 <= min <= max")
+        return out
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    output_dir: str = _f("runs/finetune", "folder for the model, config and metrics")
+    batch_size: int = _f(16, "examples per micro-batch per process")
+    lr: float = _f(1e-4, "peak learning rate (parameter-efficient methods usually want ~1e-3)")
+    warmup: float = _f(0.1, "warm-up length: a fraction of the run (< 1) or a number of steps (>= 1)")
+    max_steps: int = _f(2000, "at most this many optimizer steps")
+    epochs: float | None = _f(
+        10, "passes over the training split (within train.min_steps..train.max_steps); none: train.max_steps"
+    )
+    min_steps: int = _f(100, "at least this many optimizer steps, however small the budget")
+    evals: int | None = _f(
+        10, "evaluations on the dev split over the run (none: every train.eval_every steps)"
+    )
+    select_best: bool = _f(True, "keep the weights of the best dev evaluation instead of the last")
+    checkpoints: bool = _f(False, "write resumable checkpoints (fine-tuning runs are short)")
+    save_model: bool = _f(True, "write the fine-tuned model (off: metrics only, e.g. inside a value study)")
+
+
+@dataclass
+class FinetuneConfig:
+    """`lmvalue finetune`: train a task model on a label budget and score it on the test split."""
+
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.method.name != "tfidf" and not self.model.init_from and not self.model.from_scratch:
+            out.append(
+                "no starting point: set model.init_from (a pretrained run, checkpoint folder or hub name), "
+                "or model.from_scratch=true (with model.init_from, or model.preset and model.tokenizer)"
+            )
+        if self.model.from_scratch and not self.model.init_from and not self.model.tokenizer:
+            out.append(
+                "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"
+            )
+        if self.train.min_steps > self.train.max_steps:
+            out.append(
+                f"train.min_steps={self.train.min_steps} exceeds train.max_steps={self.train.max_steps}"
+            )
+        if self.train.epochs is not None and self.train.epochs <= 0:
+            out.append(f"train.epochs={self.train.epochs} must be > 0")
+        if self.train.evals is not None and self.train.evals < 1:
+            out.append(f"train.evals={self.train.evals} must be >= 1")
+        if self.data.max_length > self.model.max_position_embeddings and self.model.from_scratch:
+            out.append(
+                f"data.max_length={self.data.max_length} exceeds "
                 f"model.max_position_embeddings={self.model.max_position_embeddings}"
             )
         return out

@@ -4,42 +4,33 @@ blocks of the unlabeled text, self-supervised objectives, and the shared trainin
 from __future__ import annotations
 
 import logging
-import platform
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import lmvalue
-from lmvalue.checkpoint import RunDir, read_json, write_json_atomic
+from lmvalue.checkpoint import RunDir, finish_run, read_json, run_info, write_json_atomic
 from lmvalue.config import PretrainConfig, save_yaml
-from lmvalue.data.packing import BlockBatches, eval_batches, pack_blocks, split_documents, tokenize_corpus
-from lmvalue.data.sources import iter_texts, load_texts
+from lmvalue.data.annotate import TokenizedCorpus, join_words, tokenize_annotated
+from lmvalue.data.layout import layout_rows
+from lmvalue.data.packing import BlockBatches, eval_batches, pack_blocks, split_documents
+from lmvalue.data.sources import iter_texts, load_tagged_texts, load_texts
 from lmvalue.errors import DataError
 from lmvalue.loop import make_accelerator, param_checksum, train_loop
 from lmvalue.models import build_lm, count_parameters, is_decoder
-from lmvalue.objectives import build_objectives
+from lmvalue.objectives import (
+    PAIR_OBJECTIVES,
+    ObjectiveModule,
+    ObjectiveSet,
+    build_objectives,
+    check_objectives,
+    objective_needs,
+)
+from lmvalue.objectives.mlm import MaskedLM
 from lmvalue.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger("lmvalue")
-
-
-def run_info(cfg, status: str, **extra) -> dict:
-    import transformers
-
-    return {
-        "lmvalue_version": lmvalue.__version__,
-        "status": status,
-        "seed": cfg.train.seed,
-        "command": " ".join(sys.argv),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "host": platform.node(),
-        **extra,
-    }
 
 
 def save_hf(model, tokenizer, cfg):
@@ -109,36 +100,112 @@ def _source_kwargs(cfg: PretrainConfig) -> dict:
     )
 
 
-def prepare_blocks(cfg: PretrainConfig, tokenizer) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Tokenize the corpus, hold out documents, and pack both parts into blocks."""
+@dataclass
+class PretrainingData:
+    """The tokenized corpus, split into training and held-out documents, as rows for the objectives.
+
+    Rows are packed blocks, or ``[CLS] A [SEP] B [SEP]`` pairs when a sentence-pair objective is
+    on (see :func:`lmvalue.data.layout.layout_rows`).
+    """
+
+    corpus: TokenizedCorpus
+    train_docs: np.ndarray
+    eval_docs: np.ndarray
+    layout: dict  # keyword arguments of layout_rows: block_size, sep_id, cls_id, pad_id, pair_kind
+    held_out: dict[str, np.ndarray]
+    packed_held_out: np.ndarray  # plain packed held-out blocks (the reference MLM evaluation)
+    tag_labels: list[str] | None
+    seed: int
+    stats: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)
+
+    def train(self, epoch: int) -> dict[str, np.ndarray]:
+        """Training rows of ``epoch``: the packed blocks, or sentence pairs drawn afresh each epoch."""
+        key = epoch if self.layout["pair_kind"] else 0
+        if key not in self._cache:
+            self._cache.clear()  # one epoch at a time
+            self._cache[key] = layout_rows(self.corpus, self.train_docs, seed=(self.seed, key), **self.layout)
+        return self._cache[key]
+
+
+def _read_corpus(
+    cfg: PretrainConfig, tokenizer, needs: set[str]
+) -> tuple[TokenizedCorpus, list[str] | None, int]:
+    """Tokenize the corpus with the annotations ``needs`` asks for; return it, the tag vocabulary and
+    the number of characters."""
+    fields = []
+    if "word_start" in needs:
+        fields.append("word_start")
+    if "pairs" in needs:
+        fields.append("segment_start")
+    word_tags = tag_labels = None
+    if "tags" in needs:
+        fields.append("tag_labels")
+        d = cfg.data
+        tagged = list(load_tagged_texts(d.source, encoding=d.encoding, errors=d.errors, max_docs=d.max_docs))
+        tag_labels = sorted({t for _, tags in tagged for t in tags})
+        index = {t: i for i, t in enumerate(tag_labels)}
+        texts, word_tags = [], []
+        for words, tags in tagged:
+            text, starts = join_words(words)
+            texts.append(text)
+            word_tags.append((starts, np.array([index[t] for t in tags], dtype=np.int64)))
+        del tagged
+    else:
+        texts = load_texts(cfg.data.source, **_source_kwargs(cfg))
+    corpus = tokenize_annotated(texts, tokenizer, fields=fields, word_tags=word_tags)
+    return corpus, tag_labels, sum(len(t) for t in texts)
+
+
+def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) -> PretrainingData:
+    """Tokenize the corpus (with the annotations the objectives need), hold out documents, and lay
+    both parts out as packed blocks or sentence pairs."""
     t0 = time.perf_counter()
-    texts = load_texts(cfg.data.source, **_source_kwargs(cfg))
-    ids, offsets = tokenize_corpus(texts, tokenizer)
-    n_chars = sum(len(t) for t in texts)
-    del texts
-    train_docs, eval_docs = split_documents(len(offsets) - 1, cfg.data.eval_fraction, cfg.train.seed)
+    needs = needs or set()
+    corpus, tag_labels, n_chars = _read_corpus(cfg, tokenizer, needs)
+    train_docs, eval_docs = split_documents(len(corpus.offsets) - 1, cfg.data.eval_fraction, cfg.train.seed)
     decoder = is_decoder(cfg.model.arch) if not cfg.model.init_from else tokenizer.cls_token_id is None
     sep = tokenizer.eos_token_id if decoder else tokenizer.sep_token_id
     cls = None if decoder else tokenizer.cls_token_id
     if sep is None:
         raise DataError("the tokenizer has no separator/end-of-text token to put between documents")
-    bs = cfg.data.block_size
-    train_blocks = pack_blocks(ids, offsets, train_docs, bs, sep_id=sep, cls_id=cls)
-    held_out = pack_blocks(ids, offsets, eval_docs, bs, sep_id=sep, cls_id=cls)[: cfg.data.eval_max_blocks]
-    if len(held_out) == 0:
+    bs, limit = cfg.data.block_size, cfg.data.eval_max_blocks
+    layout = dict(
+        block_size=bs,
+        sep_id=sep,
+        cls_id=cls,
+        pad_id=tokenizer.pad_token_id,
+        pair_kind=next((n for n in cfg.objective.names if n in PAIR_OBJECTIVES), None),
+    )
+    held_out = layout_rows(corpus, eval_docs, seed=(cfg.train.seed, 10**6), **layout)
+    if len(held_out["input_ids"]) == 0:
         raise DataError(
             f"the held-out documents ({len(eval_docs)}) do not fill one block of {bs} tokens; "
             "raise data.eval_fraction or lower data.block_size"
         )
-    stats = {
-        "documents": int(len(offsets) - 1),
+    data = PretrainingData(
+        corpus=corpus,
+        train_docs=train_docs,
+        eval_docs=eval_docs,
+        layout=layout,
+        held_out={k: v[:limit] for k, v in held_out.items()},
+        packed_held_out=pack_blocks(corpus.ids, corpus.offsets, eval_docs, bs, sep_id=sep, cls_id=cls)[
+            :limit
+        ],
+        tag_labels=tag_labels,
+        seed=cfg.train.seed,
+    )
+    data.stats = {
+        "documents": int(len(corpus.offsets) - 1),
         "characters": int(n_chars),
-        "tokens": int(len(ids)),
-        "train_blocks": int(len(train_blocks)),
-        "eval_blocks": int(len(held_out)),
+        "tokens": int(len(corpus.ids)),
+        "train_blocks": int(len(data.train(0)["input_ids"])),
+        "eval_blocks": int(len(data.held_out["input_ids"])),
         "tokenize_s": round(time.perf_counter() - t0, 2),
     }
-    return train_blocks, held_out, stats
+    if layout["pair_kind"]:
+        data.stats["layout"] = f"{layout['pair_kind']} pairs"
+    return data
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -147,6 +214,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     The final model is saved in ``<output_dir>/model`` and loads with
     ``transformers.AutoModelForMaskedLM`` (or ``AutoModelForCausalLM`` for decoders).
     """
+    # Unknown or incompatible objectives fail here, before a tokenizer is trained.
+    check_objectives(cfg.objective.names, None if cfg.model.init_from else cfg.model.arch)
     accelerator = make_accelerator(cfg.train)
     if not accelerator.is_main_process:  # one process speaks
         log.setLevel(logging.WARNING)
@@ -175,9 +244,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
         )
 
     tokenizer = get_tokenizer(cfg, run, resume_from, accelerator)
-    train_blocks, held_out, data_stats = prepare_blocks(cfg, tokenizer)
+    data = prepare_data(cfg, tokenizer, objective_needs(cfg.objective.names))
+    data_stats = data.stats
     model = build_lm(cfg.model, tokenizer, seed=cfg.train.seed)
-    objectives = build_objectives(cfg.objective, tokenizer, model=model)
+    # The objectives attach their heads (sentence-pair, tags) to the model before it is counted,
+    # optimized or saved; training runs through one module so that DDP sees every head.
+    objectives = build_objectives(cfg.objective, tokenizer, model=model, tag_labels=data.tag_labels)
+    trainee = ObjectiveModule(model, objectives)
     trainable, total = count_parameters(model)
     if accelerator.is_main_process:
         log.info(
@@ -194,33 +267,60 @@ def pretrain(cfg: PretrainConfig) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def epoch_batches(epoch: int):
+        rows = data.train(epoch)
         return BlockBatches(
-            train_blocks,
+            rows["input_ids"],
             cfg.train.batch_size,
             seed=cfg.train.seed,
             epoch=epoch,
             prepare=objectives.prepare,
             rank=rank,
             world=world,
+            fields={k: v for k, v in rows.items() if k != "input_ids"},
         )
 
-    eval_set = eval_batches(held_out, cfg.train.batch_size, objectives.prepare, seed=cfg.train.seed)
+    held = data.held_out
+    fields = {k: v for k, v in held.items() if k != "input_ids"}
+    eval_set = eval_batches(
+        held["input_ids"], cfg.train.batch_size, objectives.prepare, seed=cfg.train.seed, fields=fields
+    )
+    # Every encoder is also scored by plain random-token MLM on the same packed held-out blocks with
+    # the same masks, whatever it was trained with: the one loss that compares objectives.
+    reference = None
+    if (
+        cfg.objective.reference_mlm
+        and data.layout["cls_id"] is not None
+        and tokenizer.mask_token_id is not None
+    ):
+        reference = ObjectiveSet([MaskedLM.from_config(tokenizer, cfg.objective)], [1.0])
+        reference_set = eval_batches(
+            data.packed_held_out, cfg.train.batch_size, reference.prepare, seed=cfg.train.seed
+        )
+
+    def on_device(batches):
+        return [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches]
 
     def evaluate(m):
-        return objectives.evaluate(m, [{k: v.to(accelerator.device) for k, v in b.items()} for b in eval_set])
+        metrics = objectives.evaluate(m.lm, on_device(eval_set))
+        if reference is not None:
+            ref = reference.evaluate(m.lm, on_device(reference_set))
+            metrics.update(
+                {k.replace("eval_", "eval_ref_", 1): v for k, v in ref.items() if k != "eval_loss"}
+            )
+        return metrics
 
     save = save_hf(model, tokenizer, cfg)
     t0 = time.perf_counter()
     state = train_loop(
-        model=model,
-        loss_fn=objectives.losses,
+        model=trainee,
+        loss_fn=lambda m, batch: m(batch),
         epoch_batches=epoch_batches,
         evaluate=evaluate,
         cfg=cfg.train,
         run=run,
         accelerator=accelerator,
-        save_model=save,
-        load_model=load_hf_weights,
+        save_model=lambda m, folder: save(m.lm, folder),
+        load_model=lambda m, folder: load_hf_weights(m.lm, folder),
         resume_from=resume_from,
         num_workers=cfg.data.num_workers,
     )
@@ -256,13 +356,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model_dir = run.write_dir_atomic("model", lambda folder: save(final, folder))
-        write_json_atomic(run.path / "metrics.json", metrics)
-        info = read_json(run.path / "run.json")
-        info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        write_json_atomic(run.path / "run.json", info)
-        for name in ("metrics.json", "run.json"):
-            (model_dir / f"lmvalue_{name}").write_text(
-                (run.path / name).read_text(encoding="utf-8"), encoding="utf-8"
-            )
+        finish_run(run, metrics, [model_dir])
     accelerator.wait_for_everyone()
     return metrics

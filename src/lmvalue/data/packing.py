@@ -29,36 +29,10 @@ def tokenize_corpus(
         (ids, offsets): ids int32 (N,), offsets int64 (D + 1,) so that document d is
         ``ids[offsets[d]:offsets[d + 1]]``.
     """
-    chunks: list[np.ndarray] = []
-    lengths: list[int] = []
-    batch: list[str] = []
+    from lmvalue.data.annotate import tokenize_annotated
 
-    # The Rust tokenizer directly: no per-call Python overhead and no max-length warnings
-    # (documents are packed afterwards, so their length does not matter here).
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-
-    def flush():
-        if backend is not None:
-            encoded = [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
-        else:
-            encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, verbose=False)[
-                "input_ids"
-            ]
-        for ids in encoded:
-            chunks.append(np.asarray(ids, dtype=np.int32))
-            lengths.append(len(ids))
-        batch.clear()
-
-    for text in texts:
-        batch.append(text)
-        if len(batch) >= batch_docs:
-            flush()
-    if batch:
-        flush()
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    return ids, offsets
+    corpus = tokenize_annotated(texts, tokenizer, batch_docs=batch_docs)
+    return corpus.ids, corpus.offsets
 
 
 def split_documents(n_docs: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,20 +57,24 @@ def pack_blocks(
 ) -> np.ndarray:
     """Concatenate ``docs`` (each followed by ``sep_id``) and cut into blocks.
 
+    The same call packs a token annotation parallel to ``ids`` (e.g. ``word_start``, with the
+    values the annotation takes at separators as ``sep_id`` / ``cls_id``) into blocks aligned
+    with the token blocks.
+
     Returns:
-        int32 array (n_blocks, block_size); each row starts with ``cls_id`` when given.
+        array (n_blocks, block_size) of ``ids``'s dtype; each row starts with ``cls_id`` when given.
     """
     pieces = []
-    sep = np.array([sep_id], dtype=np.int32)
+    sep = np.array([sep_id], dtype=ids.dtype)
     for d in docs:
         pieces.append(ids[offsets[d] : offsets[d + 1]])
         pieces.append(sep)
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=ids.dtype)
     body = block_size - (1 if cls_id is not None else 0)
     n_blocks = len(stream) // body
     blocks = stream[: n_blocks * body].reshape(n_blocks, body)
     if cls_id is not None:
-        blocks = np.concatenate([np.full((n_blocks, 1), cls_id, dtype=np.int32), blocks], axis=1)
+        blocks = np.concatenate([np.full((n_blocks, 1), cls_id, dtype=ids.dtype), blocks], axis=1)
     return np.ascontiguousarray(blocks)
 
 
@@ -115,6 +93,8 @@ class BlockBatches(torch.utils.data.Dataset):
         prepare: the objective's ``prepare(batch, generator)``, e.g. masking.
         rank, world: this process and the number of processes; each takes its own rows of every
             global batch of ``batch_size * world`` blocks, so processes see different data.
+        fields: more arrays with one row per block (e.g. ``word_start`` (n_blocks, block_size),
+            ``pair_labels`` (n_blocks,)); batch ``i`` holds their rows of the same blocks.
     """
 
     def __init__(
@@ -128,8 +108,10 @@ class BlockBatches(torch.utils.data.Dataset):
         rank: int = 0,
         world: int = 1,
         shuffle: bool = True,
+        fields: dict[str, np.ndarray] | None = None,
     ):
         self.blocks = blocks
+        self.fields = fields or {}
         self.batch_size = batch_size
         self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
         self.prepare = prepare
@@ -147,17 +129,22 @@ class BlockBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         idx = self.indices(i)
         batch = {"input_ids": torch.from_numpy(np.asarray(self.blocks[np.sort(idx)], dtype=np.int64))}
+        for name, values in self.fields.items():
+            batch[name] = torch.from_numpy(np.asarray(values[np.sort(idx)], dtype=np.int64))
         batch = self.prepare(batch, batch_generator(self.seed, self.epoch, i, self.rank))
         batch["block_index"] = torch.from_numpy(np.sort(idx).astype(np.int64))
         return batch
 
 
-def eval_batches(blocks: np.ndarray, batch_size: int, prepare, *, seed: int) -> list[dict]:
+def eval_batches(
+    blocks: np.ndarray, batch_size: int, prepare, *, seed: int, fields: dict[str, np.ndarray] | None = None
+) -> list[dict]:
     """Held-out batches prepared once with a fixed seed, so every evaluation sees the same masks."""
     out = []
     for i, start in enumerate(range(0, len(blocks), batch_size)):
-        batch = {
-            "input_ids": torch.from_numpy(np.asarray(blocks[start : start + batch_size], dtype=np.int64))
-        }
+        rows = slice(start, start + batch_size)
+        batch = {"input_ids": torch.from_numpy(np.asarray(blocks[rows], dtype=np.int64))}
+        for name, values in (fields or {}).items():
+            batch[name] = torch.from_numpy(np.asarray(values[rows], dtype=np.int64))
         out.append(prepare(batch, batch_generator(seed, 10**6, i)))
     return out

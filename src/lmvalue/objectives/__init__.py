@@ -1,16 +1,21 @@
-"""Self-supervised objectives, chosen by name.
+"""Self-supervised objectives, chosen by name (``objective.names=[mlm, sop]``).
 
-An objective has two halves:
+An objective is a small class with
 
-* ``prepare(batch, generator) -> batch``: runs in the data-loader workers on a batch of packed
-  blocks (``input_ids`` (B, T)); adds what it needs (masked inputs, ``labels``, ...). It must be
-  a deterministic function of the batch and the generator, so that a resumed run sees exactly
-  the masks an uninterrupted one would.
-* ``losses(model, batch) -> dict``: runs in the training process and returns named tensors:
+* ``name`` and ``needs``: the token annotations its data must carry (``word_start`` for whole
+  words, ``pairs`` for two-segment inputs, ``tags`` for word tags; see :mod:`lmvalue.data.annotate`),
+* ``from_config(tokenizer, cfg, *, model=None, **context)``: builds it; heads it trains are
+  attached to ``model`` (so the optimizer, checkpoints and ``save_pretrained`` carry them),
+* ``prepare(batch, generator) -> batch``: runs in the data-loader workers on a batch whose
+  ``input_ids`` is (B, T); adds what it needs (masked inputs, ``labels``, ...). It must be a
+  deterministic function of the batch and the generator, so that a resumed run sees exactly the
+  masks an uninterrupted one would.
+* ``losses(encoded, batch) -> dict``: runs in the training process on the batch's shared forward
+  pass (:class:`~lmvalue.objectives.forward.Encoded`) and returns named tensors:
   ``<name>_loss`` (a scalar) plus optional ``<name>_correct`` / ``<name>_count`` for accuracy.
 
-:class:`ObjectiveSet` sums the weighted ``*_loss`` entries into ``loss`` and keeps the parts
-for logging (MLM and SOP are logged apart).
+:class:`ObjectiveSet` runs the model once per batch, sums the weighted ``*_loss`` entries into
+``loss`` and keeps the parts for logging (MLM and SOP are logged apart).
 """
 
 from __future__ import annotations
@@ -21,46 +26,115 @@ import torch
 
 from lmvalue.config import ObjectiveConfig
 from lmvalue.errors import ConfigError
+from lmvalue.objectives.clm import CausalLM
+from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import MaskedLM
+from lmvalue.objectives.sentence_pair import NextSentencePrediction, SentenceOrderPrediction
+from lmvalue.objectives.tags import TagPrediction
+from lmvalue.objectives.wwm import SpanMasking, WholeWordMasking
 
-
-def _mlm(tokenizer, cfg: ObjectiveConfig, **_):
-    return MaskedLM(
-        tokenizer,
-        mask_rate=cfg.mask_rate,
-        mask_token_share=cfg.mask_token_share,
-        random_token_share=cfg.random_token_share,
-        sparse_head=cfg.sparse_head,
-    )
-
-
-# name -> builder(tokenizer, cfg, **context). Adding an objective means adding one line here.
+# name -> objective class. Adding an objective means adding one line here.
 OBJECTIVES = {
-    "mlm": _mlm,
+    "mlm": MaskedLM,
+    "wwm": WholeWordMasking,
+    "span": SpanMasking,
+    "nsp": NextSentencePrediction,
+    "sop": SentenceOrderPrediction,
+    "clm": CausalLM,
+    "tags": TagPrediction,
 }
+# Objectives that write ``labels`` (one per run) and those that build the inputs as pairs (one per run).
+TOKEN_PREDICTION = ("mlm", "wwm", "span", "clm")
+PAIR_OBJECTIVES = ("nsp", "sop")
+ENCODER_ONLY = ("mlm", "wwm", "span", "nsp", "sop")
+
+
+def check_objectives(names: list[str], arch: str | None = None) -> None:
+    """Reject unknown names and combinations that cannot train together, before any work is done.
+
+    Args:
+        arch: ``model.arch`` of a preset model (None for ``model.init_from``: checked on the model).
+    Raises:
+        ConfigError: listing every problem.
+    """
+    problems = []
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        problems.append(
+            f"unknown objective(s) {', '.join(map(repr, unknown))}; known objectives: {', '.join(OBJECTIVES)}"
+        )
+    if len(set(names)) != len(names):
+        problems.append(f"objective.names={names} names an objective twice")
+    predicting = [n for n in names if n in TOKEN_PREDICTION]
+    if len(predicting) > 1:
+        problems.append(
+            f"objectives {' and '.join(predicting)} both predict tokens; pick one of {', '.join(TOKEN_PREDICTION)}"
+        )
+    pairs = [n for n in names if n in PAIR_OBJECTIVES]
+    if len(pairs) > 1:
+        problems.append("objectives nsp and sop both build the sentence pairs; pick one")
+    if arch in ("gpt2", "llama"):
+        wrong = [n for n in names if n in ENCODER_ONLY]
+        if wrong:
+            problems.append(
+                f"objective(s) {', '.join(wrong)} need an encoder (model.arch=bert); "
+                f"model.arch={arch} is a decoder: use objective clm"
+            )
+    elif arch is not None and "clm" in names:
+        problems.append(f"objective clm needs a decoder (model.arch=gpt2 or llama), not model.arch={arch}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def objective_needs(names: list[str]) -> set[str]:
+    """The token annotations the data must carry for these objectives."""
+    check_objectives(names)
+    return set().union(*(OBJECTIVES[n].needs for n in names))
+
+
+def trim_padding(batch: dict) -> dict:
+    """Drop the padding columns no row of the batch uses (pair examples are padded to the block)."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return batch
+    width = int(mask.sum(dim=1).max())
+    T = mask.shape[1]
+    if width == T:
+        return batch
+    return {
+        k: v[:, :width] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == T else v
+        for k, v in batch.items()
+    }
 
 
 class ObjectiveSet:
     """Several objectives applied to the same batch; their weighted losses are summed."""
 
-    def __init__(self, objectives: list, weights: list[float]):
+    def __init__(self, objectives: list, weights: list[float], *, sparse_head: bool = True):
         self.objectives = objectives
         self.weights = weights
+        self.sparse_head = sparse_head
 
     @property
     def names(self) -> list[str]:
         return [o.name for o in self.objectives]
 
+    @property
+    def needs(self) -> set[str]:
+        return set().union(*(o.needs for o in self.objectives))
+
     def prepare(self, batch: dict, generator: torch.Generator) -> dict:
+        batch = trim_padding(batch)
         for objective in self.objectives:
             batch = objective.prepare(batch, generator)
         return batch
 
     def losses(self, model, batch: dict) -> dict:
+        encoded = Encoded(model, batch, sparse_head=self.sparse_head)  # one forward for all objectives
         out: dict = {}
         total = 0.0
         for objective, weight in zip(self.objectives, self.weights, strict=True):
-            parts = objective.losses(model, batch)
+            parts = objective.losses(encoded, batch)
             total = total + weight * parts[f"{objective.name}_loss"]
             out.update(parts)
         out["loss"] = total
@@ -99,12 +173,27 @@ class ObjectiveSet:
         return metrics
 
 
+class ObjectiveModule(torch.nn.Module):
+    """The language model as one module whose ``forward(batch)`` returns the objectives' losses.
+
+    Training calls this module rather than the language model, so that under
+    DistributedDataParallel the body and every objective head run inside the one wrapped forward.
+    The heads live on ``lm`` itself (attached by the objectives), so ``lm`` is what gets saved.
+    """
+
+    def __init__(self, lm: torch.nn.Module, objectives: ObjectiveSet):
+        super().__init__()
+        self.lm = lm
+        self.objectives = objectives
+
+    def forward(self, batch: dict) -> dict:
+        return self.objectives.losses(self.lm, batch)
+
+
 def build_objectives(cfg: ObjectiveConfig, tokenizer, **context) -> ObjectiveSet:
-    unknown = [n for n in cfg.names if n not in OBJECTIVES]
-    if unknown:
-        raise ConfigError(
-            f"unknown objective(s) {', '.join(map(repr, unknown))}; known objectives: {', '.join(OBJECTIVES)}"
-        )
-    objectives = [OBJECTIVES[n](tokenizer, cfg, **context) for n in cfg.names]
+    """The configured objectives; ``context`` passes ``model`` (heads are attached to it) and
+    ``tag_labels`` (the tag vocabulary of a tagged corpus) to the builders that use them."""
+    check_objectives(cfg.names)
+    objectives = [OBJECTIVES[n].from_config(tokenizer, cfg, **context) for n in cfg.names]
     weights = list(cfg.weights) if cfg.weights is not None else [1.0] * len(objectives)
-    return ObjectiveSet(objectives, weights)
+    return ObjectiveSet(objectives, weights, sparse_head=cfg.sparse_head)

@@ -1,15 +1,22 @@
 """Masked language modelling (BERT): predict a share of tokens from their context.
 
 Masking is vectorised and runs in the data-loader workers (``prepare``); the loss runs in the
-training process (``losses``). With ``sparse_head`` the output projection (hidden -> vocab, the
-most expensive matmul of a small model with a large vocabulary) is computed only at the masked
-positions, where the loss is; the loss is identical to the dense computation.
+training process (``losses``). With ``objective.sparse_head`` the output projection (hidden ->
+vocab, the most expensive matmul of a small model with a large vocabulary) is computed only at the
+masked positions, where the loss is; the loss is identical to the dense computation.
+
+Whole-word (``wwm``) and span (``span``) masking differ from ``mlm`` only in which positions they
+choose; they reuse the corruption and the loss here.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lmvalue.errors import ConfigError
+from lmvalue.models import is_decoder
+from lmvalue.objectives.forward import Encoded
 
 IGNORE = -100
 
@@ -59,38 +66,19 @@ def apply_masking(
     return corrupted, labels
 
 
-def encoder_and_head(model):
-    """Split a masked-LM model into (encoder, head) so the head can run on selected rows only.
-
-    Returns (None, None) for architectures we do not know; callers then use the dense path.
-    """
-    if hasattr(model, "cls") and hasattr(model, "bert"):  # BERT
-        return model.bert, model.cls
-    if hasattr(model, "lm_head") and hasattr(model, "roberta"):  # RoBERTa / XLM-R
-        return model.roberta, model.lm_head
-    return None, None
-
-
-def masked_lm_losses(model, batch: dict, *, sparse_head: bool = True, prefix: str = "mlm") -> dict:
+def masked_lm_loss(encoded: Encoded, labels: torch.Tensor, prefix: str = "mlm") -> dict:
     """Cross-entropy at labelled positions, plus the count and accuracy for evaluation.
 
     Args:
-        batch: input_ids (B, T), labels (B, T) with -100 where nothing is predicted, optional
-            attention_mask and token_type_ids.
+        encoded: the batch's shared forward pass.
+        labels: (B, T) original ids where something is predicted, -100 elsewhere.
     Returns:
         {f"{prefix}_loss", f"{prefix}_correct", f"{prefix}_count"}; the loss is the mean over
         labelled positions.
     """
-    labels = batch["labels"]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-    encoder, head = encoder_and_head(model)
     selected = labels != IGNORE  # (B, T)
     target = labels[selected]  # (N,)
-    if sparse_head and encoder is not None:
-        hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
-        logits = head(hidden[selected])  # (N, V): the projection only where the loss is
-    else:
-        logits = model(**inputs).logits[selected]  # (N, V)
+    logits = encoded.lm_logits(selected)  # (N, V)
     loss = F.cross_entropy(logits.float(), target) if target.numel() else logits.sum() * 0.0
     with torch.no_grad():
         correct = (logits.argmax(-1) == target).sum()
@@ -101,38 +89,79 @@ def masked_lm_losses(model, batch: dict, *, sparse_head: bool = True, prefix: st
     }
 
 
+def masked_lm_losses(model, batch: dict, *, sparse_head: bool = True, prefix: str = "mlm") -> dict:
+    """:func:`masked_lm_loss` of ``model`` on a batch with input_ids, labels (and optional
+    attention_mask / token_type_ids)."""
+    return masked_lm_loss(Encoded(model, batch, sparse_head=sparse_head), batch["labels"], prefix)
+
+
+def check_encoder(name: str, model) -> None:
+    """Masked-LM objectives need a bidirectional encoder; a decoder cannot see the token it predicts."""
+    if model is not None and is_decoder(model.config):
+        raise ConfigError(
+            f"objective {name} needs an encoder (model.arch=bert or a BERT-like model.init_from); "
+            f"{model.config.model_type} is a decoder: use objective clm"
+        )
+
+
+def never_masked(tokenizer) -> set[int]:
+    """Ids never chosen for prediction: the special tokens except [UNK].
+
+    [UNK] stands for real text, so it is masked like any token (as in BERT): whole-word masking
+    would otherwise cut a word in two around it. Where one token plays [UNK] and another role
+    (GPT-2's ``<|endoftext|>``), it is kept out.
+    """
+    ids = set(tokenizer.all_special_ids)
+    unk = tokenizer.unk_token_id
+    roles = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id)
+    if unk is not None and unk not in roles + (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        ids.discard(unk)
+    return ids
+
+
 class MaskedLM:
     """Objective ``mlm``: random token masking with exact per-sequence rate and 80/10/10 corruption."""
 
     name = "mlm"
+    needs: frozenset[str] = frozenset()
 
-    def __init__(
-        self, tokenizer, *, mask_rate=0.15, mask_token_share=0.8, random_token_share=0.1, sparse_head=True
-    ):
+    def __init__(self, tokenizer, *, mask_rate=0.15, mask_token_share=0.8, random_token_share=0.1):
         if tokenizer.mask_token_id is None:
-            from lmvalue.errors import ConfigError
-
             raise ConfigError(
-                "objective mlm needs a tokenizer with a mask token; this one has none "
+                f"objective {self.name} needs a tokenizer with a mask token; this one has none "
                 "(train a wordpiece/unigram tokenizer, or pick objective clm for decoders)"
             )
         self.mask_token_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
-        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        self.special_ids = torch.tensor(sorted(never_masked(tokenizer)))
         self.mask_rate = mask_rate
         self.mask_token_share = mask_token_share
         self.random_token_share = random_token_share
-        self.sparse_head = sparse_head
+
+    @classmethod
+    def from_config(cls, tokenizer, cfg, *, model=None, **_):
+        check_encoder(cls.name, model)
+        return cls(
+            tokenizer,
+            mask_rate=cfg.mask_rate,
+            mask_token_share=cfg.mask_token_share,
+            random_token_share=cfg.random_token_share,
+        )
 
     def candidates(self, batch: dict) -> torch.Tensor:
+        """(B, T) bool: positions that may be masked (not special tokens, not padding)."""
         ids = batch["input_ids"]
         ok = ~torch.isin(ids, self.special_ids)
         if "attention_mask" in batch:
             ok &= batch["attention_mask"].bool()
         return ok
 
-    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
-        chosen = select_exact(self.candidates(batch), self.mask_rate, generator)
+    def choose(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """(B, T) bool: the positions to predict."""
+        return select_exact(self.candidates(batch), self.mask_rate, generator)
+
+    def corrupt(self, batch: dict, chosen: torch.Tensor, generator: torch.Generator) -> dict:
+        """80/10/10 corruption of the ``chosen`` positions; sets ``input_ids`` and ``labels``."""
         batch["input_ids"], batch["labels"] = apply_masking(
             batch["input_ids"],
             chosen,
@@ -144,5 +173,8 @@ class MaskedLM:
         )
         return batch
 
-    def losses(self, model, batch: dict) -> dict:
-        return masked_lm_losses(model, batch, sparse_head=self.sparse_head)
+    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
+        return self.corrupt(batch, self.choose(batch, generator), generator)
+
+    def losses(self, encoded: Encoded, batch: dict) -> dict:
+        return masked_lm_loss(encoded, batch["labels"], self.name)

@@ -61,6 +61,8 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
         for base in BASELINES:
             if base == arm or base not in curves:
                 continue
+            if arm in BASELINES and BASELINES.index(arm) > BASELINES.index(base):
+                continue  # scratch vs tfidf is shown once
             entry = {"arm": arm, "baseline": base, "budgets": []}
             for budget in sorted(curves[arm]):
                 eff = label_efficiency_factor(_plain(curves[arm]), _plain(curves[base]), budget)
@@ -187,6 +189,9 @@ def learning_curve_png(summary: dict) -> bytes:
         ax.plot(x, [r["mean"] for r in rows], marker="o", label=arm)
         ax.fill_between(x, [r["lo"] for r in rows], [r["hi"] for r in rows], alpha=0.2)
     ax.set_xscale("log")
+    budgets = sorted({r["budget"] for r in summary["table"]})
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("labeled examples (log scale)")
     ax.set_ylabel(f"test {summary['metric']}")
     ax.set_title("Learning curves (mean over seeds, 95% bootstrap CI)")

@@ -1,0 +1,625 @@
+"""`lmvalue finetune`: a task model from a starting point, a label budget and a method.
+
+The recipe, top to bottom:
+
+1. **data** (:func:`load_task_data`): labeled examples, repeated inputs dropped, a fixed test split
+   (a file, or carved out with its own seed), the label set from the rest, a seeded stratified
+   budget and a dev split carved out of it; every bad input is reported before anything is written;
+2. **model** (:func:`build_task_model`): a ``*ForSequenceClassification`` /
+   ``*ForTokenClassification`` model from a pretrained lmvalue run, a Hugging Face checkpoint,
+   or a random init of the same architecture (the no-pretraining baseline);
+3. **method** (:mod:`lmvalue.methods`): what is trained — everything, or adapters and the head;
+4. **training**: the one training loop (:func:`lmvalue.loop.train_loop`), model selection on the dev
+   split, then the test split scored once;
+5. **output**: ``model/`` (and ``merged/`` with ``--merge``), ``metrics.json``, ``run.json``,
+   ``config.yaml``, the test report and confusion matrix.
+
+``finetune(cfg, train_examples=..., test_examples=...)`` takes examples already in memory, so a
+value study can run hundreds of cells without reading the files again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmvalue.checkpoint import RunDir, finish_run, read_json, run_info, write_json_atomic
+from lmvalue.config import FinetuneConfig, FinetuneModelConfig, save_yaml
+from lmvalue.data.budget import carve_test, dedupe, draw_budget, input_key, label_counts, split_dev
+from lmvalue.data.sources import load_labeled
+from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
+from lmvalue.inference import METHOD_FILE, TaskModel, check_labels, head_labels, score
+from lmvalue.loop import make_accelerator, train_loop
+from lmvalue.methods import Method, MethodContext, get_method
+from lmvalue.models import check_vocab, count_parameters, preset_config
+from lmvalue.tasks import TaskSpec, _some, build_spec, infer_kind
+from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
+from lmvalue.tasks.metrics import summary
+
+log = logging.getLogger("lmvalue")
+
+FLOPS_FORMULA = (
+    "(4·N + 2·N_trainable) × train_tokens: forward 2N, gradients of the activations 2N, gradients of the "
+    "trained weights 2·N_trainable (= 6·N·tokens for full fine-tuning); N counts weights outside embeddings; "
+    "attention-score FLOPs and evaluation are not included"
+)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskData:
+    """The splits of one fine-tuning run and what was done to get them."""
+
+    spec: TaskSpec
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+    info: dict = field(default_factory=dict)
+
+
+def _read_options(cfg: FinetuneConfig, kind: str) -> dict:
+    d = cfg.data
+    return dict(
+        task="tagging" if kind == "tagging" else "classification",
+        text_column=d.text_column,
+        label_column=d.label_column,
+        text_pair_column=d.text_pair_column if kind == "pair" else None,
+        encoding=d.encoding,
+        errors=d.errors,
+        max_docs=d.max_docs,
+    )
+
+
+def _check_examples(examples: list[dict], kind: str, where: str) -> None:
+    need = {"tagging": ("tokens", "tags"), "pair": ("text", "text_pair", "label")}.get(
+        kind, ("text", "label")
+    )
+    for n, ex in enumerate(examples):
+        missing = [k for k in need if k not in ex]
+        if missing:
+            raise DataError(
+                f"{where}: example {n} has no {', '.join(missing)} (a {kind} example needs {', '.join(need)}); "
+                + ("set data.text_pair_column" if "text_pair" in missing else "check the task kind")
+            )
+
+
+def load_task_data(
+    cfg: FinetuneConfig, *, train_examples: list[dict] | None = None, test_examples: list[dict] | None = None
+) -> TaskData:
+    """Read, dedupe and split the labeled data; check it. Nothing is written.
+
+    Raises:
+        DataError: unknown test labels, a single-class training split, a budget larger than the data
+            with ``budget.strict``, bad files (with file and line), ...
+    """
+    d, b = cfg.data, cfg.budget
+    kind = infer_kind(cfg.task.kind, d.source, d.text_pair_column)
+    if kind == "pair" and train_examples is None and not d.text_pair_column:
+        raise ConfigError("a pair task needs data.text_pair_column (the column of the second text)")
+    read = _read_options(cfg, kind)
+    warnings: list[str] = []
+    examples = list(train_examples) if train_examples is not None else load_labeled(d.source, **read)
+    where = "the training examples given" if train_examples is not None else d.source
+    _check_examples(examples, kind, where)
+    info: dict = {"source": where, "loaded": len(examples), "kind": kind}
+    if d.dedupe:
+        examples, dropped = dedupe(examples)
+        info["duplicates_dropped"] = dropped["dropped"]
+        if dropped["dropped"]:
+            log.info(
+                "dropped %d repeated inputs of %d (%d with conflicting labels: the first kept)",
+                dropped["dropped"],
+                info["loaded"],
+                dropped["conflicting"],
+            )
+    if test_examples is not None or d.test:
+        test = list(test_examples) if test_examples is not None else load_labeled(d.test, **read)
+        _check_examples(test, kind, "the test examples given" if test_examples is not None else d.test)
+        pool = examples
+        info["test_source"] = d.test or "(in memory)"
+    else:
+        pool, test = carve_test(examples, d.test_size, d.test_seed)
+        info["test_source"] = f"carved from {where} (seed {d.test_seed})"
+    spec = build_spec(kind, pool, labels=cfg.task.labels, metric=cfg.task.metric)
+    info["unknown_test_labels"] = check_labels(
+        spec, test, where="the test set", unknown=cfg.task.unknown_labels, owner="the training data"
+    )
+    seed = b.seed if b.seed is not None else cfg.train.seed
+    budget, budget_info = draw_budget(
+        pool, train_size=b.train_size, per_class=b.per_class, seed=seed, strict=b.strict
+    )
+    if "shortfall" in budget_info:
+        warnings.append(budget_info["shortfall"] + "; all of them were used")
+    train, dev = split_dev(budget, b.dev_fraction, seed)
+    counts = label_counts(train)
+    if len(counts) < 2:
+        what = "tag" if kind == "tagging" else "class"
+        raise DataError(
+            f"the training split has a single {what} ({_some(counts)}; {len(train)} examples): there is "
+            f"nothing to tell apart. Check data.label_column, or raise the budget so that more {what}es are drawn"
+        )
+    if not dev:
+        warnings.append("no dev split (budget.dev_fraction=0 or too few examples): the last weights are kept")
+    test_keys = {input_key(ex) for ex in test}
+    overlap = sum(input_key(ex) in test_keys for ex in budget)
+    if overlap:
+        warnings.append(
+            f"{overlap} of the {len(budget)} training/dev examples also appear in the test set, which "
+            "inflates the test score; remove them from the test file"
+        )
+    for w in warnings:
+        log.warning(w)
+    info.update(
+        pool=len(pool),
+        budget=budget_info,
+        budget_seed=seed,
+        train=len(train),
+        dev=len(dev),
+        test=len(test),
+        train_test_duplicates=overlap,
+        warnings=warnings,
+    )
+    return TaskData(spec=spec, train=train, dev=dev, test=test, info=info)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(ref: str) -> str:
+    """A pretraining run folder means its ``model/``; other local folders must hold ``config.json``.
+
+    Raises:
+        CheckpointError: a local folder that is not a checkpoint (with what it is instead).
+    """
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:
+            raise CheckpointError(f"checkpoint folder {ref} does not exist")
+        return ref  # a hub name
+    if (path / "config.json").is_file():
+        return str(path)
+    if (path / "model" / "config.json").is_file():
+        return str(path / "model")  # an lmvalue run folder
+    if (path / "base").is_dir() or (path / "model" / "base").is_dir():
+        raise CheckpointError(
+            f"{ref} is a parameter-efficient fine-tuned model (adapter + base/): start from its merged/ "
+            "folder (written with --merge) or from its base/"
+        )
+    raise CheckpointError(
+        f"{ref} is not a checkpoint folder (no config.json, and no model/config.json of an lmvalue run)"
+    )
+
+
+def _label_config(spec: TaskSpec) -> dict:
+    return {
+        "num_labels": len(spec.labels),
+        "id2label": dict(enumerate(spec.labels)),
+        "label2id": {label: i for i, label in enumerate(spec.labels)},
+    }
+
+
+def _quiet():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def start_tokenizer(mcfg: FinetuneModelConfig):
+    """The tokenizer of the starting point (or ``model.tokenizer``), with a padding token."""
+    from lmvalue.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(mcfg.tokenizer or resolve_checkpoint(mcfg.init_from))
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise LmvalueError(
+                "the tokenizer has neither a padding nor an end-of-text token to pad batches with"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def fit_spec_to_checkpoint(spec: TaskSpec, mcfg: FinetuneModelConfig) -> tuple[TaskSpec, bool]:
+    """Match the data's labels with a task head the checkpoint may already have.
+
+    Returns:
+        (spec, reuse_head): whether the checkpoint's own head is kept (it has one for the same
+        labels, and ``model.new_head`` is off), with the spec then in the head's label order.
+
+    Raises:
+        CheckpointError: the checkpoint has a head for other labels and ``model.new_head`` is off.
+    """
+    if not mcfg.init_from or mcfg.from_scratch:
+        return spec, False
+    from transformers import AutoConfig
+
+    ref = resolve_checkpoint(mcfg.init_from)
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except OSError as e:
+        raise CheckpointError(f"cannot load a model config from {mcfg.init_from!r}: {e}") from None
+    head = head_labels(config)
+    if head is None or mcfg.new_head:
+        return spec, False
+    level, labels = head
+    if level != spec.level:
+        log.info("%s has a %s-level head; a new %s-level head is trained", ref, level, spec.level)
+        return spec, False
+    if set(labels) == set(spec.labels):
+        return dataclasses.replace(spec, labels=labels), True
+    only_data = sorted(set(spec.labels) - set(labels))
+    only_ckpt = sorted(set(labels) - set(spec.labels))
+    raise CheckpointError(
+        f"{mcfg.init_from} was fine-tuned for the labels {_some(labels)}, but the data has {_some(spec.labels)} "
+        f"(only in the data: {_some(only_data) or 'none'}; only in the checkpoint: {_some(only_ckpt) or 'none'}). "
+        "Pass model.new_head=true to train a new head on it, or check data.label_column"
+    )
+
+
+def build_task_model(
+    mcfg: FinetuneModelConfig, spec: TaskSpec, tokenizer, *, seed: int, reuse_head: bool = False
+):
+    """A transformers task model for ``spec.labels``: the checkpoint's weights, or (``from_scratch``)
+    a seeded random init of the checkpoint's (or the preset's) architecture.
+
+    A new task head starts at zero, so every run starts from the same uninformative prediction
+    (the first dev evaluation is the chance baseline) whatever the seed.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    auto = AutoModelForTokenClassification if spec.level == "token" else AutoModelForSequenceClassification
+    labels = _label_config(spec)
+    _quiet()
+    torch.manual_seed(seed)  # a from-scratch model (and anything peft adds later) depends on the seed only
+    if mcfg.init_from and not mcfg.from_scratch:
+        ref = resolve_checkpoint(mcfg.init_from)
+        check_vocab(tokenizer, AutoConfig.from_pretrained(ref), where=mcfg.init_from)
+        model = auto.from_pretrained(ref, ignore_mismatched_sizes=not reuse_head, **labels)
+    else:
+        if mcfg.init_from:
+            config = AutoConfig.from_pretrained(resolve_checkpoint(mcfg.init_from))
+            check_vocab(tokenizer, config, where=mcfg.init_from)
+        else:
+            config = preset_config(mcfg, tokenizer)
+        for key, value in labels.items():
+            setattr(config, key, value)
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
+        model = auto.from_config(config)
+    if not reuse_head:
+        _zero_head(model)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _zero_head(model) -> None:
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("classifier", "score") and isinstance(module, torch.nn.Linear):
+            torch.nn.init.zeros_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
+def forward_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(N, N_trainable): weights outside embedding tables, each counted once (for the FLOPs estimate)."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    seen: set[int] = set()
+    n = n_trainable = 0
+    for p in model.parameters():
+        if id(p) in seen or id(p) in embedding:
+            continue
+        seen.add(id(p))
+        n += p.numel()
+        n_trainable += p.numel() if p.requires_grad else 0
+    return n, n_trainable
+
+
+# --- the recipe ----------------------------------------------------------------------------------
+
+
+def run_steps(cfg: FinetuneConfig, n_train: int, world: int) -> tuple[int, int]:
+    """(optimizer steps, evaluate every N steps) for a training split of ``n_train`` examples."""
+    t = cfg.train
+    per_epoch = max(1, math.ceil(n_train / (t.batch_size * world * t.grad_accum)))
+    steps = (
+        t.max_steps
+        if t.epochs is None
+        else min(t.max_steps, max(t.min_steps, math.ceil(t.epochs * per_epoch)))
+    )
+    eval_every = max(1, math.ceil(steps / t.evals)) if t.evals else t.eval_every
+    return steps, eval_every
+
+
+def finetune(
+    cfg: FinetuneConfig, *, train_examples: list[dict] | None = None, test_examples: list[dict] | None = None
+) -> dict:
+    """Fine-tune (or fit the TF-IDF baseline) as configured; score the test split once; save.
+
+    Args:
+        cfg: the run's configuration (:class:`lmvalue.config.FinetuneConfig`).
+        train_examples: labeled examples in memory instead of ``data.source`` (the pool the test split
+            is carved from, unless ``test_examples`` or ``data.test`` is given).
+        test_examples: a test split in memory instead of ``data.test`` / the carved one.
+
+    Returns:
+        the metrics also written to ``metrics.json``: ``test_score`` / ``dev_score`` (the task's
+        ``metric``), ``test`` / ``dev`` (every score), ``labels``, ``examples`` (pool/train/dev/test
+        counts), ``trainable_params`` / ``total_params``, ``train_flops`` (see ``flops_formula``),
+        ``wall_seconds`` / ``cpu_seconds`` (the whole call) and ``train_seconds`` /
+        ``train_cpu_seconds`` (the training loop), ``steps``, ``train_tokens``, ``evals``,
+        ``warnings``, ``model_dir`` / ``merged_dir``.
+    """
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    method = get_method(cfg.method.name)
+    data = load_task_data(cfg, train_examples=train_examples, test_examples=test_examples)
+    # Everything that can fail on bad input (data, checkpoint, labels) fails before anything is written.
+    start = prepare_network(cfg, data) if method.apply is not None else None
+    accelerator = make_accelerator(cfg.train) if method.apply is not None else None
+    main = accelerator is None or accelerator.is_main_process
+    run = RunDir(cfg.train.output_dir)
+    resume_from = run.prepare(resume=cfg.train.resume, overwrite=cfg.train.overwrite) if main else None
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if main:
+        save_yaml(cfg, run.path / "config.yaml")
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(run.path / "run.json", run_info(cfg, "running", started=started))
+    try:
+        if start is None:
+            result = _fit_tfidf(cfg, data, run)
+        else:
+            result = _train_network(cfg, data, method, run, start, accelerator, resume_from)
+    except BaseException as e:
+        if main:
+            _mark_failed(run, e)
+        raise
+    spec = data.spec
+    test, dev = result.pop("test_scores"), result.pop("dev_scores")
+    metrics = {
+        "task": spec.kind,
+        "metric": spec.metric,
+        "labels": list(spec.labels),
+        "method": method.name,
+        "start": "none" if start is None else (cfg.model.init_from or f"preset:{cfg.model.preset}"),
+        "from_scratch": start is not None and bool(cfg.model.from_scratch),
+        "seed": cfg.train.seed,
+        "budget_seed": data.info["budget_seed"],
+        "test_score": test.get(spec.metric),
+        "dev_score": dev.get(spec.metric),
+        "test": summary(test),
+        "dev": summary(dev),
+        "examples": {k: data.info[k] for k in ("pool", "train", "dev", "test")},
+        **result,
+        "flops_formula": FLOPS_FORMULA if start is not None else None,
+        "wall_seconds": round(time.perf_counter() - wall0, 3),
+        "cpu_seconds": round(time.process_time() - cpu0, 3),
+        "data": data.info,
+        "warnings": data.info["warnings"],
+    }
+    if main:
+        finish_run(run, metrics, [d for d in (metrics.get("model_dir"), metrics.get("merged_dir")) if d])
+    return metrics
+
+
+def _mark_failed(run: RunDir, error: BaseException) -> None:
+    if not (run.path / "run.json").is_file():
+        return
+    info = read_json(run.path / "run.json")
+    if info.get("status") == "running":
+        info.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+        write_json_atomic(run.path / "run.json", info)
+
+
+def _save_common(folder: Path, cfg: FinetuneConfig, spec: TaskSpec, name: str, tokenizer=None) -> None:
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    spec.save(folder)
+    write_json_atomic(
+        folder / METHOD_FILE,
+        {"name": name, "config": dataclasses.asdict(cfg.method), "max_length": cfg.data.max_length},
+    )
+    save_yaml(cfg, folder / "lmvalue_config.yaml")
+
+
+def _fit_tfidf(cfg, data: TaskData, run: RunDir) -> dict:
+    from lmvalue.methods import tfidf
+
+    spec = data.spec
+
+    def dev_score(pipe, examples):
+        return score(TaskModel(spec=spec, pipeline=pipe), examples)[spec.metric]
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    pipe, fit_info = tfidf.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score)
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    task = TaskModel(spec=spec, pipeline=pipe)
+    dev_scores = score(task, data.dev) if data.dev else {}
+    test_scores = score(task, data.test, out_dir=run.path, name="test")  # the one look at the test set
+    n = tfidf.n_parameters(pipe)
+    log.info(
+        "tfidf: %s n-grams %s, %d features, C=%g",
+        fit_info["analyzer"],
+        fit_info["ngram_range"],
+        fit_info["features"],
+        fit_info["C"],
+    )
+    result = {
+        "test_scores": test_scores,
+        "dev_scores": dev_scores,
+        "trainable_params": n,
+        "total_params": n,
+        "train_flops": None,
+        "train_seconds": round(train_s, 3),
+        "train_cpu_seconds": round(train_cpu, 3),
+        "tfidf": fit_info,
+        "model_dir": None,
+    }
+    if cfg.train.save_model:
+
+        def write(folder: Path):
+            tfidf.save(pipe, folder)
+            _save_common(folder, cfg, spec, "tfidf")
+
+        result["model_dir"] = str(run.write_dir_atomic("model", write))
+    return result
+
+
+def prepare_network(cfg: FinetuneConfig, data: TaskData) -> dict:
+    """The tokenizer and the task model (``data.spec`` follows the label order of a checkpoint head)."""
+    spec, reuse_head = fit_spec_to_checkpoint(data.spec, cfg.model)
+    data.spec = spec
+    tokenizer = start_tokenizer(cfg.model)
+    model = build_task_model(cfg.model, spec, tokenizer, seed=cfg.train.seed, reuse_head=reuse_head)
+    return {"tokenizer": tokenizer, "model": model}
+
+
+def _train_network(
+    cfg: FinetuneConfig,
+    data: TaskData,
+    method: Method,
+    run: RunDir,
+    start: dict,
+    accelerator,
+    resume_from: Path | None,
+) -> dict:
+    """Train with the shared loop, select on dev, score the test split once, save."""
+    spec = data.spec
+    tokenizer, model = start["tokenizer"], start["model"]
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    max_length = cfg.data.max_length
+    train_items = encode(data.train, spec, tokenizer, max_length)
+    steps, eval_every = run_steps(cfg, len(train_items), world)
+    loop_cfg = dataclasses.replace(cfg.train, max_steps=steps, eval_every=eval_every)
+    hf_config = model.config
+    base_dir = run.path / ".base"
+    if method.keeps_base and cfg.train.save_model and main and not base_dir.is_dir():
+        # The untouched base (with its untrained head) goes beside the adapter at the end.
+        model.save_pretrained(base_dir, safe_serialization=True)
+        tokenizer.save_pretrained(base_dir)
+    model = method.apply(model, cfg.method, MethodContext(level=spec.level, total_steps=steps))
+    trainable, total = count_parameters(model)
+    n_fwd, n_fwd_trainable = forward_parameters(model)
+    if main:
+        log.info(
+            "%s on %s: %s trainable of %s parameters (%.2f%%); %d train / %d dev / %d test examples, %d steps",
+            method.name,
+            cfg.model.init_from or f"preset {cfg.model.preset}",
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / max(1, total),
+            len(data.train),
+            len(data.dev),
+            len(data.test),
+            steps,
+        )
+    dev_view = TaskModel(
+        spec=spec, tokenizer=tokenizer, max_length=max_length, batch_size=max(64, cfg.train.batch_size)
+    )
+
+    def evaluate(m) -> dict:
+        if not data.dev:
+            return {}
+        scores = score(dataclasses.replace(dev_view, model=m), data.dev)
+        return {f"eval_{k}": v for k, v in scores.items() if isinstance(v, int | float) and k != "examples"}
+
+    def loss_fn(m, batch) -> dict:
+        if method.prepends_tokens and spec.level == "token":
+            # peft's prompt tuning returns logits for the virtual tokens too: score the last T only
+            labels = batch["labels"]
+            logits = m(**model_inputs(batch)).logits[:, -labels.shape[1] :]  # (B, T, C)
+            return {"loss": F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)}
+        return {"loss": m(**batch).loss}  # the model's own loss (AdaLoRA adds its regularizer here)
+
+    def epoch_batches(epoch: int):
+        return LabeledBatches(
+            train_items,
+            cfg.train.batch_size,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            pad_id=tokenizer.pad_token_id,
+            rank=rank,
+            world=world,
+        )
+
+    def save_checkpoint(m, folder: Path):
+        hf_config.to_json_file(str(folder / "config.json"))  # marks the folder as a checkpoint
+        torch.save(m.state_dict(), folder / "weights.pt")
+
+    def load_checkpoint(m, folder: Path):
+        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+
+    on_step = (lambda m, state: method.on_step(m, state.step)) if method.on_step else None
+    cpu0 = time.process_time()
+    state = train_loop(
+        model=model,
+        loss_fn=loss_fn,
+        epoch_batches=epoch_batches,
+        evaluate=evaluate,
+        cfg=loop_cfg,
+        run=run,
+        accelerator=accelerator,
+        save_model=save_checkpoint,
+        load_model=load_checkpoint,
+        resume_from=resume_from,
+        monitor=f"eval_{spec.metric}",
+        mode="max",
+        on_step=on_step,
+    )
+    train_cpu = time.process_time() - cpu0
+    final = accelerator.unwrap_model(model)
+    if method.finalize:
+        method.finalize(final)
+    task = dataclasses.replace(dev_view, model=final)
+    dev_scores = score(task, data.dev) if data.dev else {}
+    test_scores = score(task, data.test, out_dir=run.path if main else None, name="test")  # once
+    result = {
+        "test_scores": test_scores,
+        "dev_scores": dev_scores,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_flops": float((4 * n_fwd + 2 * n_fwd_trainable) * state.tokens),
+        "forward_params": n_fwd,
+        "forward_params_trainable": n_fwd_trainable,
+        "train_seconds": round(state.elapsed, 3),
+        "train_cpu_seconds": round(train_cpu, 3),
+        "steps": state.step,
+        "epochs": round(
+            state.step * cfg.train.batch_size * world * cfg.train.grad_accum / max(1, len(train_items)), 2
+        ),
+        "train_tokens": state.tokens,
+        "stop_reason": state.stop_reason,
+        "best_step": state.best_step,
+        "evals": state.evals,
+        "model_dir": None,
+        "merged_dir": None,
+    }
+    if cfg.train.save_model and main:
+
+        def write(folder: Path):
+            method.save(final, folder)
+            if method.keeps_base:
+                os.replace(base_dir, folder / "base")
+            _save_common(folder, cfg, spec, method.name, tokenizer)
+
+        result["model_dir"] = str(run.write_dir_atomic("model", write))
+        if cfg.method.merge:
+            merged = method.merge(final)  # after saving: peft folds the adapter in place
+
+            def write_merged(folder: Path):
+                merged.save_pretrained(folder, safe_serialization=True)
+                _save_common(folder, cfg, spec, "full", tokenizer)
+
+            result["merged_dir"] = str(run.write_dir_atomic("merged", write_merged))
+    accelerator.wait_for_everyone()
+    return result

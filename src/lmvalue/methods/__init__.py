@@ -1,0 +1,141 @@
+"""Fine-tuning methods by name: how a task model is made trainable, saved, loaded and merged.
+
+Every method is one :class:`Method` record of plain functions in :data:`METHODS`; an unknown name
+is a configuration error. ``full`` trains every weight; ``lora``, ``adalora``, ``ia3`` and
+``prompt-tuning`` are thin over ``peft``; ``prefix`` and ``adapter`` are small implementations of
+our own (``peft``'s prefix tuning relies on ``past_key_values`` arguments that BERT no longer takes
+in transformers 5, and ``peft`` has no bottleneck adapters; the maintained ``adapters`` library
+pins transformers 4.x). ``tfidf`` is the classical baseline and trains no network.
+
+Parameter-efficient methods save only what they train (adapter weights *and* the task head) in
+the model folder, next to a copy of the untouched base model in ``base/``, so a folder is complete
+on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmvalue.methods import adapters, peft_methods, prefix
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may need to know about the run it is applied in."""
+
+    level: str  # "sequence" or "token"
+    total_steps: int = 0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method.
+
+    Attributes:
+        apply: ``(model, method_cfg, context) -> model to train`` (freezes what is not trained);
+            None for methods that train no network (tfidf).
+        save: write the method's trained weights into a folder (the base is saved by the caller).
+        load: ``(base_model, folder, method_cfg) -> trained model``.
+        merge: ``model -> plain transformers model`` with the method folded in; None: cannot merge.
+        on_step: ``(model, step)`` after every optimizer step, before gradients are cleared.
+        finalize: ``model`` once after training, before the final evaluation and saving.
+        prepends_tokens: the outputs include virtual tokens in front of the input (prompt tuning).
+    """
+
+    name: str
+    summary: str
+    apply: Callable | None
+    save: Callable[..., None] | None = None
+    load: Callable | None = None
+    merge: Callable | None = None
+    on_step: Callable | None = None
+    finalize: Callable | None = None
+    prepends_tokens: bool = False
+
+    @property
+    def can_merge(self) -> bool:
+        return self.merge is not None
+
+    @property
+    def keeps_base(self) -> bool:
+        """The saved folder holds only the trained part, plus the base model in ``base/``."""
+        return self.apply is not None and self.name != "full"
+
+
+def _full(model, cfg, ctx):
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _save_full(model, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+METHODS: dict[str, Method] = {
+    "full": Method("full", "every weight is trained", apply=_full, save=_save_full, merge=lambda m: m),
+    "lora": Method(
+        "lora",
+        "low-rank updates of the attention projections (peft)",
+        apply=peft_methods.apply,
+        save=peft_methods.save,
+        load=peft_methods.load,
+        merge=peft_methods.merge,
+    ),
+    "adalora": Method(
+        "adalora",
+        "LoRA whose rank budget is reallocated by importance during training (peft)",
+        apply=peft_methods.apply,
+        save=peft_methods.save,
+        load=peft_methods.load,
+        merge=peft_methods.merge,
+        on_step=peft_methods.adalora_step,
+        finalize=peft_methods.adalora_finalize,
+    ),
+    "ia3": Method(
+        "ia3",
+        "learned rescaling of keys, values and feed-forward activations (peft)",
+        apply=peft_methods.apply,
+        save=peft_methods.save,
+        load=peft_methods.load,
+        merge=peft_methods.merge,
+    ),
+    "prompt-tuning": Method(
+        "prompt-tuning",
+        "learned virtual input tokens (peft)",
+        apply=peft_methods.apply,
+        save=peft_methods.save,
+        load=peft_methods.load,
+        prepends_tokens=True,
+    ),
+    "prefix": Method(
+        "prefix",
+        "learned key/value prefixes in every attention layer",
+        apply=prefix.apply,
+        save=prefix.save,
+        load=prefix.load,
+    ),
+    "adapter": Method(
+        "adapter",
+        "bottleneck adapters (Houlsby: after attention and feed-forward; Pfeiffer: after feed-forward)",
+        apply=adapters.apply,
+        save=adapters.save,
+        load=adapters.load,
+    ),
+    "tfidf": Method("tfidf", "TF-IDF n-grams + logistic regression (scikit-learn)", apply=None),
+}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``.
+
+    Raises:
+        ConfigError: no such method.
+    """
+    from lmvalue.errors import ConfigError
+
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]

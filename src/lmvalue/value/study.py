@@ -1,0 +1,517 @@
+"""`lmvalue value`: learning curves of several arms over label budgets and seeds, in one command.
+
+A study folder holds::
+
+    study.json          the study's settings, lmvalue version, data summary and overlap check
+    results.sqlite      every finished cell (arm, budget, seed) — see registry.py
+    corpus.txt          the unlabeled texts used for pretraining (test texts removed)
+    tokenizer/          one tokenizer trained on the corpus, shared by scratch and pretrained arms
+    arms/<arm>/         each arm's pretraining run (run once, reused by every budget and seed)
+    report.html, report.md
+
+Arms (``name[/method]``, method one of the fine-tuning methods, default ``full``):
+
+* ``scratch`` — the preset architecture with the study's tokenizer, randomly initialised;
+* ``pretrained:<objectives>`` — pretrained by lmvalue on the corpus (``pretrained:mlm``,
+  ``pretrained:mlm+sop``...), then fine-tuned;
+* ``checkpoint:<path-or-hub-name>`` — an existing checkpoint as it is;
+* ``continued:<path-or-hub-name>`` — that checkpoint after continued pretraining on the corpus;
+* ``tfidf`` — TF-IDF + logistic regression.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import lmvalue
+from lmvalue.errors import ConfigError, LmvalueError
+from lmvalue.value.overlap import describe_overlap, text_overlap
+from lmvalue.value.registry import Registry
+from lmvalue.value.report import summarize, verdict, write_report
+
+log = logging.getLogger("lmvalue")
+
+ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", "tfidf")
+
+
+@dataclass
+class Arm:
+    name: str  # as given, e.g. "pretrained:mlm+sop/lora"
+    kind: str
+    arg: str | None
+    method: str
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.name).strip("_")
+
+
+def parse_arm(spec: str) -> Arm:
+    base, _, method = spec.partition("/")
+    kind, _, arg = base.partition(":")
+    if kind not in ARM_KINDS:
+        raise ConfigError(
+            f"unknown arm {spec!r}: an arm is one of {', '.join(ARM_KINDS)} (e.g. pretrained:mlm, scratch/lora)"
+        )
+    if kind in ("pretrained", "checkpoint", "continued") and not arg:
+        hint = {
+            "pretrained": "pretrained:mlm",
+            "checkpoint": "checkpoint:bert-base-chinese",
+            "continued": "continued:bert-base-chinese",
+        }
+        raise ConfigError(f"arm {spec!r} needs an argument, e.g. {hint[kind]}")
+    if kind == "tfidf" and method:
+        raise ConfigError(f"arm {spec!r}: tfidf has no fine-tuning method")
+    return Arm(
+        name=spec, kind=kind, arg=arg or None, method=method or ("tfidf" if kind == "tfidf" else "full")
+    )
+
+
+@dataclass
+class StudyConfig:
+    """Settings of one study (saved in study.json)."""
+
+    output_dir: str = "runs/study"
+    data: str = "demo:zh-reviews"  # labeled examples (train pool, and test unless `test` is given)
+    test: str | None = None
+    test_size: int = 2000
+    text_column: str = "text"
+    label_column: str = "label"
+    corpus: str | None = None  # unlabeled text; default: the labeled pool's texts (never the test texts)
+    arms: list[str] = field(default_factory=lambda: ["scratch", "pretrained:mlm", "tfidf"])
+    budgets: list[int] | None = None  # default: 16 x classes, 100, 300, 1000, all
+    seeds: int = 5
+    metric: str = "accuracy"
+    preset: str = "mini"
+    vocab_size: int = 8000
+    pretrain_minutes: float = 10.0
+    pretrain_max_steps: int = 100_000
+    pretrain_overrides: dict = field(default_factory=dict)  # dotted PretrainConfig overrides for every arm
+    finetune_overrides: dict = field(default_factory=dict)  # dotted FinetuneConfig overrides for every cell
+    resume: bool = False
+    overwrite: bool = False
+
+    def problems(self) -> list[str]:
+        out = []
+        for spec in self.arms:
+            try:
+                parse_arm(spec)
+            except ConfigError as e:
+                out.append(str(e))
+        if self.seeds < 1:
+            out.append("seeds must be >= 1")
+        if self.budgets is not None and any(b < 2 for b in self.budgets):
+            out.append("every budget must be >= 2 labeled examples")
+        if self.resume and self.overwrite:
+            out.append("resume and overwrite exclude each other")
+        return out
+
+
+def default_budgets(n_classes: int, pool: int) -> list[int]:
+    budgets = sorted({16 * n_classes, 100, 300, 1000})
+    return [b for b in budgets if b < pool] + [pool]
+
+
+def _fingerprint(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+class Progress:
+    """One line per cell: which cell, cells done/total, and time left from the mean cell time."""
+
+    def __init__(self, total: int, done: int):
+        self.total, self.done = total, done
+        self.times: dict[str, list[float]] = {}
+        self.remaining: Counter = Counter()
+
+    def start(self, arm: str, budget: int, seed: int) -> None:
+        left = self.eta()
+        eta = f", ~{left / 60:.1f} min left" if left is not None else ""
+        log.info("[%d/%d] %s @ %d labels, seed %d%s", self.done + 1, self.total, arm, budget, seed, eta)
+
+    def finish(self, arm: str, seconds: float) -> None:
+        self.done += 1
+        self.times.setdefault(arm, []).append(seconds)
+        self.remaining[arm] -= 1
+
+    def eta(self) -> float | None:
+        if not self.times:
+            return None
+        overall = float(np.mean([t for ts in self.times.values() for t in ts]))
+        return sum(
+            n * float(np.mean(self.times.get(a, [overall]))) for a, n in self.remaining.items() if n > 0
+        )
+
+
+def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
+    """Run (or resume) a study and write its report; return the summary with the verdict.
+
+    Args:
+        cfg: the study settings.
+        cell_runner: ``(arm, arm_state, train, test, budget, seed, study) -> result dict``; defaults
+            to :func:`run_cell` (fine-tuning or TF-IDF). Tests inject failures through it.
+    """
+    from lmvalue.config import validate as _validate  # noqa: F401  (keeps one validation style)
+
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError("invalid study settings:\n" + "\n".join(f"  - {p}" for p in problems))
+    arms = [parse_arm(a) for a in cfg.arms]
+    study_dir = Path(cfg.output_dir)
+    _prepare_folder(study_dir, cfg)
+    registry = Registry(study_dir / "results.sqlite")
+    try:
+        data = _prepare_data(cfg, study_dir, registry)
+        runner = cell_runner or run_cell
+        budgets = data["budgets"]
+        cells = [(a, b, s) for a in arms for b in budgets for s in range(cfg.seeds)]
+        finished = registry.finished()
+        todo = [c for c in cells if (c[0].name, c[1], c[2]) not in finished]
+        progress = Progress(len(cells), len(cells) - len(todo))
+        for arm, _, _ in todo:
+            progress.remaining[arm.name] += 1
+        if len(todo) < len(cells):
+            log.info("resuming: %d of %d cells already finished", len(cells) - len(todo), len(cells))
+        arm_states: dict[str, dict] = {}
+        for arm, budget, seed in todo:
+            if arm.name not in arm_states:
+                arm_states[arm.name] = prepare_arm(arm, cfg, study_dir, data, registry)
+            state = arm_states[arm.name]
+            progress.start(arm.name, budget, seed)
+            t0, c0 = time.perf_counter(), time.process_time()
+            if state["status"] != "done":
+                result = {"status": "failed", "error": f"arm preparation failed: {state['error']}"}
+            else:
+                try:
+                    result = runner(arm, state, data["train"], data["test"], budget, seed, cfg)
+                    result["status"] = "done"
+                except Exception as e:  # one failing arm must not stop the study
+                    log.warning("  failed: %s", e)
+                    result = {
+                        "status": "failed",
+                        "error": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc(limit=5),
+                    }
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            metrics = result.get("metrics", {})
+            registry.record_cell(
+                arm.name,
+                budget,
+                seed,
+                status=result["status"],
+                score=metrics.get(cfg.metric) if result["status"] == "done" else None,
+                metrics=metrics,
+                config=result.get("config", {}),
+                wall_s=wall,
+                cpu_s=cpu,
+                trainable_params=result.get("trainable_params"),
+                train_flops=result.get("train_flops"),
+                error=result.get("error"),
+            )
+            if result["status"] == "done":
+                log.info("  %s = %.4f (%.0fs)", cfg.metric, metrics.get(cfg.metric, float("nan")), wall)
+            progress.finish(arm.name, wall)
+        return write_study_report(study_dir)
+    finally:
+        registry.close()
+
+
+def write_study_report(study_dir: str | Path) -> dict:
+    """(Re)write report.html / report.md from the registry; usable while a study runs."""
+    study_dir = Path(study_dir)
+    if not (study_dir / "results.sqlite").is_file():
+        raise LmvalueError(
+            f"{study_dir} is not a study folder (no results.sqlite); run `lmvalue value -o {study_dir}` first"
+        )
+    registry = Registry(study_dir / "results.sqlite")
+    try:
+        meta = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
+        summary = summarize(registry.cells(), registry.arms(), metric=meta["config"]["metric"])
+    finally:
+        registry.close()
+    focus = 100 if 100 in meta["budgets"] else meta["budgets"][len(meta["budgets"]) // 2]
+    text = verdict(summary, corpus_desc=meta["corpus_desc"], focus_budget=focus)
+    report_meta = {
+        "name": study_dir.name,
+        "task": meta["task_desc"],
+        "corpus": meta["corpus_desc"],
+        "n_test": meta["n_test"],
+        "overlap_text": meta["overlap_text"],
+    }
+    html_path, md_path = write_report(study_dir, summary, report_meta, text)
+    summary.update(verdict=text, report_html=str(html_path), report_md=str(md_path), focus_budget=focus)
+    return summary
+
+
+# --- preparation -------------------------------------------------------------------------------
+
+
+def _prepare_folder(study_dir: Path, cfg: StudyConfig) -> None:
+    has_study = (study_dir / "results.sqlite").exists() or (study_dir / "study.json").exists()
+    if has_study and not cfg.resume and not cfg.overwrite:
+        raise LmvalueError(
+            f"{study_dir} already holds a study; nothing was changed. Pass --resume to finish it "
+            "(finished cells are kept and not rerun), --overwrite to start over, or choose another -o"
+        )
+    if cfg.overwrite and study_dir.exists():
+        import shutil
+
+        if has_study or not any(study_dir.iterdir()):
+            shutil.rmtree(study_dir)
+        else:
+            raise LmvalueError(f"{study_dir} exists and is not a study folder; refusing to delete it")
+    if not has_study and study_dir.exists() and any(study_dir.iterdir()) and not cfg.overwrite:
+        raise LmvalueError(f"{study_dir} exists and holds other files; choose an empty or new folder (-o)")
+    study_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict:
+    """Labeled pool + test split, unlabeled corpus without test texts, budgets; saved in study.json."""
+    from lmvalue.data.budget import carve_test  # from the transfer module
+    from lmvalue.data.sources import load_labeled, load_texts
+
+    pool = load_labeled(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column)
+    if cfg.test:
+        test = load_labeled(cfg.test, text_column=cfg.text_column, label_column=cfg.label_column)
+        train = pool
+    else:
+        train, test = carve_test(pool, cfg.test_size, seed=0)
+    test_texts = {ex["text"] for ex in test}
+    train = [ex for ex in train if ex["text"] not in test_texts]
+    labels = sorted({ex["label"] for ex in train})
+    if cfg.budgets:
+        budgets = sorted({min(b, len(train)) for b in cfg.budgets})
+        capped = [b for b in cfg.budgets if b > len(train)]
+        if capped:
+            log.warning(
+                "budgets %s exceed the %d labeled training examples: capped to %d",
+                capped,
+                len(train),
+                len(train),
+            )
+    else:
+        budgets = default_budgets(len(labels), len(train))
+    if cfg.seeds < 2:
+        log.warning("with fewer than 2 seeds there are no confidence intervals (use --seeds 3 or more)")
+
+    corpus_path = study_dir / "corpus.txt"
+    if cfg.corpus:
+        corpus = [t for t in load_texts(cfg.corpus) if t not in test_texts]
+        corpus_desc = f"{cfg.corpus}"
+    else:
+        corpus = [ex["text"] for ex in train]
+        corpus_desc = f"the {len(corpus):,} training-pool texts of {cfg.data}"
+    corpus = [" ".join(t.split()) for t in corpus if t.strip()]
+    size_mb = sum(len(t.encode("utf-8")) + 1 for t in corpus) / 1e6
+    corpus_desc += f" ({size_mb:.1f} MB)"
+    saved_meta = (
+        json.loads((study_dir / "study.json").read_text()) if (study_dir / "study.json").is_file() else None
+    )
+    fingerprint = _fingerprint(corpus) + _fingerprint([e["text"] + "\t" + e["label"] for e in test])
+    if saved_meta and saved_meta.get("data_fingerprint") != fingerprint:
+        raise LmvalueError(
+            f"the data differs from what the study in {study_dir} was started with; resuming would mix "
+            "results. Start a new study folder, or restore the original data"
+        )
+    if not corpus_path.is_file():
+        tmp = corpus_path.with_name(".corpus.txt.tmp")
+        tmp.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+        tmp.replace(corpus_path)
+    if saved_meta:
+        overlap = saved_meta["overlap"]
+    else:
+        log.info("checking the unlabeled corpus for test texts (exact and near duplicates) ...")
+        overlap = text_overlap([ex["text"] for ex in test], corpus)
+    meta = {
+        "lmvalue_version": lmvalue.__version__,
+        "config": asdict(cfg),
+        "labels": labels,
+        "n_train_pool": len(train),
+        "n_test": len(test),
+        "budgets": budgets,
+        "task_desc": f"{cfg.data}: {len(labels)} classes ({', '.join(labels[:8])}), {len(train):,} labeled for training, "
+        f"{len(test):,} for testing",
+        "corpus_desc": corpus_desc,
+        "corpus_docs": len(corpus),
+        "overlap": overlap,
+        "overlap_text": describe_overlap(overlap),
+        "data_fingerprint": fingerprint,
+    }
+    tmp = study_dir / ".study.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(study_dir / "study.json")
+    log.info("task: %s", meta["task_desc"])
+    log.info("corpus: %s; overlap: %s", corpus_desc, meta["overlap_text"])
+    log.info("budgets %s x %d seeds x %d arms", budgets, cfg.seeds, len(cfg.arms))
+    return {"train": train, "test": test, "labels": labels, "budgets": budgets, "corpus_path": corpus_path}
+
+
+def _study_tokenizer(cfg: StudyConfig, study_dir: Path, corpus_path: Path) -> Path:
+    tok_dir = study_dir / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        from lmvalue.data.sources import iter_texts
+        from lmvalue.tokenizer import train_tokenizer
+
+        train_tokenizer(iter_texts(str(corpus_path)), tok_dir, vocab_size=cfg.vocab_size, overwrite=True)
+    return tok_dir
+
+
+def prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict, registry: Registry) -> dict:
+    """Pretrain (once) what the arm needs; return where its model is. Failures are recorded, not raised."""
+    saved = registry.arm(arm.name)
+    if saved and saved["status"] == "done":
+        return {"status": "done", **saved["info"]}
+    try:
+        info = _prepare_arm(arm, cfg, study_dir, data)
+        registry.record_arm(arm.name, status="done", info=info)
+        return {"status": "done", **info}
+    except Exception as e:
+        log.warning("arm %s could not be prepared: %s", arm.name, e)
+        registry.record_arm(arm.name, status="failed", info={}, error=f"{type(e).__name__}: {e}")
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dict:
+    if arm.kind == "tfidf":
+        return {}
+    if arm.kind == "checkpoint":
+        return {"model": arm.arg, "from_scratch": False}
+    tok_dir = _study_tokenizer(cfg, study_dir, data["corpus_path"])
+    if arm.kind == "scratch":
+        return {"model": None, "tokenizer": str(tok_dir), "from_scratch": True}
+    from lmvalue.config import PretrainConfig, build_config
+    from lmvalue.pretrain import pretrain
+
+    # Named after the arm without its method: pretrained:mlm/full and pretrained:mlm/lora share one pretraining.
+    run_dir = study_dir / "arms" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", arm.name.partition("/")[0])
+    overrides = {
+        "data.source": str(data["corpus_path"]),
+        "train.output_dir": str(run_dir),
+        "train.max_minutes": cfg.pretrain_minutes,
+        "train.max_steps": cfg.pretrain_max_steps,
+        "train.seed": 0,
+        **cfg.pretrain_overrides,
+    }
+    if arm.kind == "pretrained":
+        overrides.update(
+            {
+                "model.preset": cfg.preset,
+                "model.tokenizer": str(tok_dir),
+                "objective.names": arm.arg.split("+"),
+            }
+        )
+    else:  # continued: the checkpoint's own architecture and tokenizer
+        overrides.update({"model.init_from": arm.arg})
+    from lmvalue.checkpoint import RunDir
+
+    run = RunDir(run_dir)
+    if run.status() == "finished":
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    else:
+        resume = run.latest_checkpoint() is not None
+        overrides["train.resume" if resume else "train.overwrite"] = True
+        log.info("pretraining arm %s (%s minutes) ...", arm.name, cfg.pretrain_minutes)
+        metrics = pretrain(build_config(PretrainConfig, overrides=overrides))
+    return {
+        "model": str(run_dir / "model"),
+        "from_scratch": False,
+        "pretrain_seconds": metrics.get("train_seconds"),
+        "pretrain_tokens": metrics.get("tokens"),
+        "pretrain_final": metrics.get("final", {}),
+    }
+
+
+# --- one cell ----------------------------------------------------------------------------------
+
+
+def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConfig, output_dir: str) -> dict:
+    """The `lmvalue finetune` settings of one cell (saved with the cell in the registry)."""
+    overrides = {
+        "method.name": arm.method,
+        "budget.train_size": budget,
+        "budget.seed": seed,
+        "train.seed": seed,
+        "train.output_dir": output_dir,
+        "train.save_model": False,
+        "train.progress": False,
+        **cfg.finetune_overrides,
+    }
+    if arm.kind == "tfidf":
+        return overrides
+    if state.get("from_scratch"):
+        overrides["model.from_scratch"] = True
+        if state.get("model"):
+            overrides["model.init_from"] = state["model"]
+        else:
+            overrides.update({"model.preset": cfg.preset, "model.tokenizer": state["tokenizer"]})
+    else:
+        overrides["model.init_from"] = state["model"]
+    return overrides
+
+
+def run_cell(
+    arm: Arm, state: dict, train: list[dict], test: list[dict], budget: int, seed: int, cfg: StudyConfig
+) -> dict:
+    """Fine-tune (or fit TF-IDF) on a seeded budget of the pool and score it once on the test set."""
+    import tempfile
+
+    from lmvalue.config import FinetuneConfig, build_config
+    from lmvalue.finetune import finetune
+
+    with tempfile.TemporaryDirectory(prefix="lmvalue-cell-") as tmp:
+        overrides = cell_overrides(arm, state, budget, seed, cfg, str(Path(tmp) / "run"))
+        m = finetune(
+            build_config(FinetuneConfig, overrides=overrides), train_examples=train, test_examples=test
+        )
+    overrides.pop("train.output_dir")
+    test_scores = {k: v for k, v in m["test"].items() if isinstance(v, int | float)}
+    return {
+        "metrics": {
+            **test_scores,
+            "dev_score": m.get("dev_score"),
+            "steps": m.get("steps"),
+            "train_examples": m["examples"]["train"],
+            "dev_examples": m["examples"]["dev"],
+        },
+        "config": overrides,
+        "trainable_params": m.get("trainable_params"),
+        "train_flops": m.get("train_flops"),
+    }
+
+
+def demo_config(output_dir: str = "runs/demo", *, resume: bool = False, overwrite: bool = False) -> StudyConfig:
+    """`lmvalue demo`: the whole study on demo:zh-reviews, sized to finish in ~15 minutes on 2 CPU cores.
+
+    The unlabeled corpus is every review outside the test split (their labels unused); the settings
+    below trade statistical power for time and are the only thing that differs from `lmvalue value`.
+    """
+    return StudyConfig(
+        output_dir=output_dir,
+        data="demo:zh-reviews",
+        test_size=1000,
+        arms=["scratch", "pretrained:mlm", "tfidf"],
+        budgets=[32, 100, 300, 1000],
+        seeds=3,
+        preset="mini",
+        vocab_size=8000,
+        pretrain_minutes=4.0,
+        finetune_overrides={"data.max_length": 64, "train.epochs": 5, "train.min_steps": 30, "train.max_steps": 300,
+                            "train.evals": 5},
+        resume=resume,
+        overwrite=overwrite,
+    )

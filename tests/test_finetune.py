@@ -1,0 +1,442 @@
+"""Fine-tuning end to end on tiny models and real demo data: every method learns, saves, reloads,
+merges; evaluate and predict; and every kind of bad input stops with a clear message."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lmvalue.cli import main
+from lmvalue.config import FinetuneConfig, build_config
+from lmvalue.data.budget import dedupe
+from lmvalue.data.sources import load_labeled
+from lmvalue.errors import CheckpointError, ConfigError, DataError
+from lmvalue.finetune import finetune, load_task_data
+from lmvalue.inference import load_task_model, score
+
+TINY = {
+    "model.preset": "tiny",
+    "model.hidden": 64,
+    "model.heads": 2,
+    "model.ffn": 128,
+    "model.max_position_embeddings": 128,
+}
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    """demo:zh-reviews without repeated texts, in a fixed random order."""
+    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
+    random.Random(0).shuffle(examples)
+    return examples
+
+
+def settings(out, **kw) -> dict:
+    return {
+        "data.test_size": 200,
+        "data.max_length": 64,
+        "train.output_dir": str(out),
+        "train.progress": False,
+        **kw,
+    }
+
+
+def scratch(tokenizer_dir) -> dict:
+    return {**TINY, "model.from_scratch": True, "model.tokenizer": str(tokenizer_dir)}
+
+
+@pytest.fixture(scope="module")
+def sentiment_base(reviews, char_tokenizer_dir, tmp_path_factory):
+    """A tiny model fully fine-tuned on 2,000 reviews, used as the pretrained starting point of the
+    parameter-efficient methods.
+
+    Why not a tiny masked-LM model: after a few seconds of MLM its [CLS] output barely depends on
+    the input (a linear probe on it is at chance), and every method that keeps the encoder frozen
+    then stays at chance too. Parameter-efficient methods need a base whose features carry the
+    signal; this one has them, and each method still has to train a new head (and its adapters).
+    """
+    out = tmp_path_factory.mktemp("base") / "run"
+    over = settings(
+        out,
+        **scratch(char_tokenizer_dir),
+        **{"train.lr": 2e-3, "train.max_steps": 250, "train.min_steps": 250},
+    )
+    metrics = finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[:2000])
+    assert metrics["dev"]["accuracy"] > 0.65
+    return out / "model"
+
+
+def test_full_fine_tuning_from_scratch_learns_and_writes_a_plain_model(reviews, char_tokenizer_dir, tmp_path):
+    over = settings(
+        tmp_path / "run",
+        **scratch(char_tokenizer_dir),
+        **{"budget.train_size": 500, "train.lr": 2e-3, "train.max_steps": 150, "train.min_steps": 150},
+    )
+    m = finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[:3000])
+    assert m["evals"][0]["step"] == 0
+    assert m["dev"]["accuracy"] >= 0.65, m["evals"]  # chance is 0.5 on 100 dev reviews
+    assert m["examples"] == {"pool": 2800, "train": 400, "dev": 100, "test": 200}
+    assert (
+        m["labels"] == ["neg", "pos"]
+        and m["metric"] == "macro_f1"
+        and m["test_score"] == m["test"]["macro_f1"]
+    )
+    assert m["trainable_params"] == m["total_params"] > 0
+    assert m["train_flops"] == pytest.approx(6 * m["forward_params"] * m["train_tokens"])
+    for key in ("wall_seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds"):
+        assert m[key] > 0, key
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "metrics.json", "test_report.txt", "test_confusion.png"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["seed"] == 0 and info["lmvalue_version"]
+    assert json.loads((run / "model" / "lmvalue_metrics.json").read_text())["test_score"] == m["test_score"]
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    with torch.no_grad():
+        logits = model(**tok(["质量很好", "太差了"], return_tensors="pt", padding=True)).logits
+    assert logits.shape == (2, 2)
+
+
+PEFT = ["lora", "adalora", "ia3", "prefix", "prompt-tuning", "adapter"]
+MERGEABLE = {"lora", "adalora", "ia3"}
+
+
+@pytest.mark.parametrize("method", PEFT)
+def test_parameter_efficient_methods_learn_save_reload_and_merge(method, reviews, sentiment_base, tmp_path):
+    over = settings(
+        tmp_path / "run",
+        **{
+            "model.init_from": str(sentiment_base),
+            "model.new_head": True,
+            "method.name": method,
+            "method.merge": method in MERGEABLE,
+            "budget.train_size": 500,
+            "train.lr": 1e-2,
+            "train.max_steps": 60,
+            "train.min_steps": 60,
+        },
+    )
+    m = finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[2000:4000])
+    first = m["evals"][0]
+    assert m["dev"]["accuracy"] >= 0.68, m["evals"]  # chance: 0.5 on 100 dev reviews
+    assert min(e["eval_loss"] for e in m["evals"]) < first["eval_loss"] - 0.05, m[
+        "evals"
+    ]  # the head (and adapters) learned
+    assert 0 < m["trainable_params"] < 0.25 * m["total_params"]
+    assert m["train_flops"] == pytest.approx(
+        (4 * m["forward_params"] + 2 * m["forward_params_trainable"]) * m["train_tokens"]
+    )
+
+    # The saved folder scores exactly what the model in memory scored.
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "base" / "config.json").is_file()
+    task = load_task_model(model_dir)
+    split = load_task_data(build_config(FinetuneConfig, overrides=over), train_examples=reviews[2000:4000])
+    again = score(task, split.test)
+    assert again["accuracy"] == m["test"]["accuracy"] and again["loss"] == pytest.approx(
+        m["test"]["loss"], abs=1e-5
+    )
+
+    if method in MERGEABLE:
+        from transformers import AutoModelForSequenceClassification
+
+        merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "merged").eval()
+        batch = task.tokenizer(
+            [ex["text"] for ex in split.test[:16]],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=64,
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(
+                merged(**batch).logits, task.model(**batch).logits, atol=1e-5, rtol=1e-4
+            )
+    if method == "adalora":  # the rank budget was reallocated: ranks differ, and shrank to the target
+        pattern = json.loads((model_dir / "adapter_config.json").read_text())["rank_pattern"]
+        ranks = [sum(mask) for mask in pattern.values()]
+        assert len(set(ranks)) > 1 and max(ranks) < 12 and sum(ranks) == 4 * len(ranks), ranks
+
+
+def test_lora_trains_only_adapter_and_head_weights(char_tokenizer_dir):
+    from lmvalue.config import MethodConfig
+    from lmvalue.finetune import build_task_model
+    from lmvalue.methods import METHODS, MethodContext
+    from lmvalue.tasks import TaskSpec
+    from lmvalue.tokenizer import load_tokenizer
+
+    cfg = build_config(FinetuneConfig, overrides=scratch(char_tokenizer_dir))
+    spec = TaskSpec(kind="classification", labels=("neg", "pos"), metric="macro_f1")
+    model = build_task_model(cfg.model, spec, load_tokenizer(char_tokenizer_dir), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = METHODS["lora"].apply(model, MethodConfig(name="lora", lora_r=8), MethodContext(level="sequence"))
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or ".classifier." in n for n in trainable), trainable
+    assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == 4 * 8 * (64 + 64) + (64 * 2 + 2)
+    # A step of training moves only those weights.
+    opt = torch.optim.SGD([p for p in lora.parameters() if p.requires_grad], lr=0.1)
+    batch = {"input_ids": torch.tensor([[2, 50, 60, 3]]), "labels": torch.tensor([1])}
+    lora(**batch).loss.backward()
+    opt.step()
+    merged = lora.merge_and_unload()
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all("query" in k or "value" in k or "classifier" in k for k in changed), changed
+
+
+def test_tfidf_baseline_uses_the_same_split_and_is_usable_by_predict(reviews, tmp_path, capsys):
+    over = settings(tmp_path / "run", **{"method.name": "tfidf", "budget.train_size": 500})
+    m = finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[:3000])
+    assert m["examples"] == {"pool": 2800, "train": 400, "dev": 100, "test": 200}
+    assert m["test"]["accuracy"] > 0.65 and m["tfidf"]["analyzer"] == "char"
+    assert m["trainable_params"] > 0 and m["train_flops"] is None
+    (tmp_path / "in.txt").write_text("质量很好，推荐\n\n太差了\n", encoding="utf-8")
+    assert (
+        main(["predict", "--model", str(tmp_path / "run" / "model"), "--input", str(tmp_path / "in.txt")])
+        == 0
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3] and rows[1] == {"line": 2, "empty": True}
+    assert rows[0]["label"] in ("pos", "neg") and sum(rows[0]["probs"].values()) == pytest.approx(1)
+
+
+def test_tagging_learns_and_predicts_spans(char_tokenizer_dir, tmp_path, capsys):
+    over = settings(
+        tmp_path / "pos",
+        **scratch(char_tokenizer_dir),
+        **{"data.source": "demo:zh-news:pos", "data.max_docs": 600, "data.test_size": 100, "train.lr": 3e-3},
+        **{"data.max_length": 96, "train.max_steps": 120, "train.min_steps": 120},
+    )
+    m = finetune(build_config(FinetuneConfig, overrides=over))
+    assert m["task"] == "tagging" and m["metric"] == "token_accuracy"
+    assert m["evals"][0]["eval_token_accuracy"] < 0.2 and m["dev"]["token_accuracy"] > 0.35, m["evals"]
+
+    over = {
+        **over,
+        "data.source": "demo:zh-news:ner",
+        "train.output_dir": str(tmp_path / "ner"),
+        "train.max_steps": 20,
+    }
+    over["train.min_steps"] = 20
+    m = finetune(build_config(FinetuneConfig, overrides=over))
+    assert m["metric"] == "entity_f1" and {"entity_precision", "entity_recall", "entity_f1"} <= set(m["test"])
+    assert (tmp_path / "ner" / "test_confusion.png").is_file()
+    (tmp_path / "in.txt").write_text("江泽民在北京会见了客人\n\n新华社记者报道\n", encoding="utf-8")
+    capsys.readouterr()  # drop the training log
+    assert main(["predict", "-m", str(tmp_path / "ner" / "model"), "-i", str(tmp_path / "in.txt")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3] and rows[1].get("empty")
+    assert rows[0]["tokens"] == list("江泽民在北京会见了客人") and len(rows[0]["tags"]) == 11
+    assert isinstance(rows[0]["spans"], list)
+
+
+def test_predict_keeps_order_and_evaluate_scores_any_file(sentiment_base, tmp_path, capsys):
+    lines = ["很好", "", "太差了，退货", "   ", "一般般吧，还行", "物流很快，质量不错"] * 7
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert (
+        main(
+            [
+                "predict",
+                "-m",
+                str(sentiment_base),
+                "-i",
+                str(tmp_path / "in.txt"),
+                "-o",
+                str(out),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(lines)
+    for line, row in zip(lines, rows, strict=True):
+        assert row.get("text") == (line if line.strip() else None)
+    # Batches of length-sorted inputs give the same answers as one input at a time.
+    task = load_task_model(sentiment_base, batch_size=1)
+    single = task.predict([{"text": "太差了，退货"}])[0]
+    assert rows[2]["probs"] == pytest.approx(single["probs"], abs=1e-5)
+    csv_out = tmp_path / "out.csv"
+    assert (
+        main(["predict", "-m", str(sentiment_base), "-i", str(tmp_path / "in.txt"), "-o", str(csv_out)]) == 0
+    )
+    header = csv_out.read_text(encoding="utf-8").splitlines()[0]
+    assert header == "line,text,label,p_neg,p_pos"
+
+    data = tmp_path / "labeled.csv"
+    data.write_text("text,label\n很好,pos\n太差了,neg\n质量不错,pos\n", encoding="utf-8")
+    assert main(["evaluate", "-m", str(sentiment_base), "--data", str(data), "-o", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert result["examples"] == 3 and 0 <= result["accuracy"] <= 1
+    assert (tmp_path / "ev" / "eval_confusion.png").is_file()
+
+
+def test_sentence_pairs(char_tokenizer_dir, tmp_path, capsys):
+    rng = random.Random(0)
+    words = list("天地人山水火木金土日月星风雨雪")
+    rows = ["text,text_pair,label"]
+    for _ in range(300):
+        a = "".join(rng.choices(words, k=6))
+        same = rng.random() < 0.5
+        b = a if same else "".join(rng.choices(words, k=6))
+        rows.append(f"{a},{b},{'same' if same else 'different'}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    over = settings(
+        tmp_path / "run",
+        **scratch(char_tokenizer_dir),
+        **{
+            "data.source": str(tmp_path / "pairs.csv"),
+            "data.text_pair_column": "text_pair",
+            "data.test_size": 50,
+        },
+        **{"train.max_steps": 20, "train.min_steps": 20},
+    )
+    m = finetune(build_config(FinetuneConfig, overrides=over))
+    assert m["task"] == "pair" and m["labels"] == ["different", "same"]
+    (tmp_path / "in.txt").write_text("天地人\t天地人\n", encoding="utf-8")
+    capsys.readouterr()  # drop the training log
+    assert main(["predict", "-m", str(tmp_path / "run" / "model"), "-i", str(tmp_path / "in.txt")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == "天地人" and row["text_pair"] == "天地人" and row["label"] in ("same", "different")
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def small_cfg(tmp_path, **kw):
+    return build_config(
+        FinetuneConfig, overrides=settings(tmp_path / "run", **{"method.name": "tfidf", **kw})
+    )
+
+
+def labeled(n, label="pos", start=0):
+    return [{"text": f"评论{label}{i}", "label": label} for i in range(start, start + n)]
+
+
+def test_unknown_test_labels_are_named_and_counted(tmp_path):
+    train = labeled(30, "pos") + labeled(30, "neg")
+    test = labeled(3, "pos", 100) + labeled(2, "meh") + labeled(1, "???")
+    with pytest.raises(DataError, match=r"2 label\(s\).*3 occurrence\(s\): 'meh' \(2\), '\?\?\?' \(1\)"):
+        load_task_data(small_cfg(tmp_path), train_examples=train, test_examples=test)
+    kept = load_task_data(
+        small_cfg(tmp_path, **{"task.unknown_labels": "keep"}), train_examples=train, test_examples=test
+    )
+    assert kept.info["unknown_test_labels"] == 3 and len(kept.test) == 6
+
+
+def test_single_class_training_set_is_refused(tmp_path):
+    with pytest.raises(DataError, match="single class \\('pos'"):
+        load_task_data(small_cfg(tmp_path), train_examples=labeled(50), test_examples=labeled(5, "pos", 100))
+
+
+def test_budget_larger_than_the_data(tmp_path):
+    train = labeled(30, "pos") + labeled(30, "neg")
+    test = labeled(5, "pos", 100) + labeled(5, "neg", 100)
+    data = load_task_data(
+        small_cfg(tmp_path, **{"budget.train_size": 1000}), train_examples=train, test_examples=test
+    )
+    assert data.info["budget"]["drawn"] == 60 and "1000" in data.info["warnings"][0]
+    with pytest.raises(DataError, match="--strict"):
+        load_task_data(
+            small_cfg(tmp_path, **{"budget.train_size": 1000, "budget.strict": True}),
+            train_examples=train,
+            test_examples=test,
+        )
+
+
+def test_duplicates_between_train_and_test_are_counted(tmp_path):
+    train = labeled(30, "pos") + labeled(30, "neg")
+    test = train[:4] + labeled(5, "neg", 100)
+    data = load_task_data(small_cfg(tmp_path), train_examples=train, test_examples=test)
+    assert data.info["train_test_duplicates"] == 4
+    assert any(
+        "4 of the 60 training/dev examples also appear in the test set" in w for w in data.info["warnings"]
+    )
+
+
+def test_mismatched_token_and_tag_counts_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.conll"
+    bad.write_text("北 B-LOC\n京 I-LOC\n\n张\n三 I-PER\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.conll line 4: mismatched token/label count"):
+        load_task_data(small_cfg(tmp_path, **{"data.source": str(bad)}))
+
+
+def test_checkpoint_trained_for_other_labels(sentiment_base, char_tokenizer_dir, tmp_path):
+    train = labeled(30, "sport") + labeled(30, "finance")
+    test = labeled(5, "sport", 100) + labeled(5, "finance", 100)
+    over = {
+        "method.name": "full",
+        "model.init_from": str(sentiment_base),
+        "train.max_steps": 5,
+        "train.min_steps": 5,
+    }
+    cfg = build_config(FinetuneConfig, overrides=settings(tmp_path / "run", **over))
+    with pytest.raises(
+        CheckpointError, match="was fine-tuned for the labels 'neg', 'pos'.*model.new_head=true"
+    ):
+        finetune(cfg, train_examples=train, test_examples=test)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    cfg = build_config(
+        FinetuneConfig, overrides=settings(tmp_path / "run", **over, **{"model.new_head": True})
+    )
+    assert finetune(cfg, train_examples=train, test_examples=test)["labels"] == ["finance", "sport"]
+
+    data = tmp_path / "other.csv"
+    data.write_text("text,label\n比赛,sport\n", encoding="utf-8")
+    assert main(["evaluate", "-m", str(sentiment_base), "--data", str(data)]) == 2
+
+
+def test_nothing_is_overwritten_and_the_cli_exits_2(reviews, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["finetune", "--method", "tfidf", "--train-size", "200", "-o", str(out), "data.test_size=100"]
+    assert main(args) == 0
+    before = (out / "metrics.json").read_bytes()
+    assert main(args) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == before
+
+
+def test_bad_configs_are_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        build_config(
+            FinetuneConfig,
+            overrides={
+                "method.name": "prefix",
+                "method.merge": True,
+                "budget.train_size": 10,
+                "budget.per_class": 5,
+            },
+        )
+    msg = str(e.value)
+    assert "prefix cannot be merged" in msg and "exclude each other" in msg and "no starting point" in msg
+    with pytest.raises(ConfigError, match="method.name='qlora' is unknown"):
+        build_config(FinetuneConfig, overrides={"method.name": "qlora"})
+
+
+def test_from_scratch_uses_the_checkpoint_architecture_with_fresh_weights(sentiment_base, tmp_path):
+    from lmvalue.finetune import build_task_model, start_tokenizer
+    from lmvalue.tasks import TaskSpec
+
+    cfg = build_config(
+        FinetuneConfig, overrides={"model.init_from": str(sentiment_base), "model.from_scratch": True}
+    )
+    spec = TaskSpec(kind="classification", labels=("neg", "pos"), metric="macro_f1")
+    tok = start_tokenizer(cfg.model)
+    a = build_task_model(cfg.model, spec, tok, seed=0)
+    b = build_task_model(cfg.model, spec, tok, seed=0)
+    pretrained = load_task_model(sentiment_base).model
+    assert (
+        a.config.hidden_size == pretrained.config.hidden_size
+        and a.num_parameters() == pretrained.num_parameters()
+    )
+    w = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(a.state_dict()[w], b.state_dict()[w])  # deterministic per seed
+    assert not np.allclose(a.state_dict()[w].numpy(), pretrained.state_dict()[w].numpy())

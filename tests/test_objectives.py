@@ -1,0 +1,425 @@
+"""Self-supervised objectives: masking rates and word boundaries, span lengths, sentence pairs, causal
+LM labels, configuration errors, and tiny end-to-end runs of every objective on real demo data."""
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmvalue.config import ObjectiveConfig, PretrainConfig, build_config
+from lmvalue.data.annotate import tokenize_annotated
+from lmvalue.data.layout import layout_rows
+from lmvalue.data.pairs import build_pairs
+from lmvalue.data.sources import load_texts
+from lmvalue.errors import ConfigError, DataError
+from lmvalue.objectives import ObjectiveSet, build_objectives, check_objectives
+from lmvalue.objectives.clm import CausalLM, shifted_labels
+from lmvalue.objectives.forward import Encoded
+from lmvalue.objectives.mlm import IGNORE, MaskedLM
+from lmvalue.objectives.wwm import SpanMasking, WholeWordMasking, span_length_probs, word_units
+from lmvalue.pretrain import pretrain
+from lmvalue.tokenizer import load_tokenizer, train_tokenizer
+
+MASKING = {"mlm": MaskedLM, "wwm": WholeWordMasking, "span": SpanMasking}
+
+
+@pytest.fixture(scope="module")
+def zh(zh_tokenizer_dir):
+    """The Chinese tokenizer and 600 real reviews, tokenized with word and sentence boundaries."""
+    tok = load_tokenizer(zh_tokenizer_dir)
+    texts = load_texts("demo:zh-reviews", max_docs=600)
+    corpus = tokenize_annotated(texts, tok, fields=["word_start", "segment_start"])
+    return tok, texts, corpus
+
+
+def packed_batch(tok, corpus, block_size=128, rows=32, start=0) -> dict:
+    blocks = layout_rows(
+        corpus,
+        np.arange(len(corpus.offsets) - 1),
+        block_size,
+        sep_id=tok.sep_token_id,
+        cls_id=tok.cls_token_id,
+    )
+    pick = slice(start, start + rows)
+    return {k: torch.from_numpy(v[pick].astype(np.int64)) for k, v in blocks.items()}
+
+
+def clone(batch: dict) -> dict:
+    return {k: v.clone() for k, v in batch.items()}
+
+
+def doc_rows(tok, texts, corpus, max_len=126) -> tuple[dict, list[int]]:
+    """One padded row per short document: [CLS] doc [SEP] [PAD]...; returns the batch and the docs."""
+    docs = [d for d in range(len(texts)) if 0 < corpus.offsets[d + 1] - corpus.offsets[d] <= max_len][:400]
+    T = max_len + 2
+    ids = torch.full((len(docs), T), tok.pad_token_id)
+    word_start = torch.ones((len(docs), T), dtype=torch.long)
+    mask = torch.zeros((len(docs), T), dtype=torch.long)
+    for row, d in enumerate(docs):
+        a, b = corpus.offsets[d], corpus.offsets[d + 1]
+        n = b - a
+        ids[row, 0], ids[row, n + 1] = tok.cls_token_id, tok.sep_token_id
+        ids[row, 1 : n + 1] = torch.from_numpy(corpus.ids[a:b].astype(np.int64))
+        word_start[row, 1 : n + 1] = torch.from_numpy(corpus.fields["word_start"][a:b].astype(np.int64))
+        mask[row, : n + 2] = 1
+    return {"input_ids": ids, "word_start": word_start, "attention_mask": mask}, docs
+
+
+# --- masking: rates, labels, word boundaries, spans, determinism -----------------------------------
+
+
+@pytest.mark.parametrize("name", list(MASKING))
+@pytest.mark.parametrize("rate", [0.15, 0.3])
+def test_masking_rate_and_labels(zh, name, rate):
+    tok, _, corpus = zh
+    batch = packed_batch(tok, corpus)  # 32 x 128 = 4,096 tokens of real reviews
+    obj = MASKING[name](tok, mask_rate=rate)
+    never = torch.tensor([tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id])
+    candidates = ~torch.isin(batch["input_ids"], never)  # [UNK] is text: masked like any token
+    out = obj.prepare(clone(batch), torch.Generator().manual_seed(0))
+    chosen = out["labels"] != IGNORE
+    assert abs(chosen.sum().item() / candidates.sum().item() - rate) <= 0.01
+    assert not (chosen & ~candidates).any()  # never [CLS] / [SEP]
+    assert torch.equal(
+        out["labels"][chosen], batch["input_ids"][chosen]
+    )  # -100 exactly where nothing is predicted
+    assert torch.equal(out["input_ids"][~chosen], batch["input_ids"][~chosen])
+    assert 0.7 < (out["input_ids"][chosen] == tok.mask_token_id).float().mean() < 0.9  # 80/10/10
+
+
+@pytest.mark.parametrize("name", list(MASKING))
+def test_masking_is_deterministic_under_a_seed(zh, name):
+    tok, _, corpus = zh
+    batch = packed_batch(tok, corpus, rows=8)
+    obj = MASKING[name](tok)
+    a = obj.prepare(clone(batch), torch.Generator().manual_seed(1))
+    b = obj.prepare(clone(batch), torch.Generator().manual_seed(1))
+    c = obj.prepare(clone(batch), torch.Generator().manual_seed(2))
+    assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["input_ids"], b["input_ids"])
+    assert not torch.equal(a["labels"], c["labels"])
+
+
+@pytest.mark.parametrize("name", ["wwm", "span"])
+def test_whole_words_of_jieba_are_never_split(zh, name):
+    import jieba
+
+    tok, texts, corpus = zh
+    batch, docs = doc_rows(tok, texts, corpus)
+    out = MASKING[name](tok, mask_rate=0.3).prepare(clone(batch), torch.Generator().manual_seed(0))
+    chosen = out["labels"] != IGNORE
+    masked_words = split_words = 0
+    for row, d in enumerate(docs):
+        text = texts[d]
+        spans = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        bounds = np.cumsum([0] + [len(w) for w in jieba.lcut(text)])
+        word_of = np.searchsorted(bounds, [s for s, _ in spans], side="right")  # jieba word of each token
+        states: dict[int, set] = {}
+        for k, w in enumerate(word_of):
+            states.setdefault(int(w), set()).add(bool(chosen[row, k + 1]))
+        split_words += sum(len(s) > 1 for s in states.values())
+        masked_words += sum(s == {True} for s in states.values())
+    assert masked_words > 500 and split_words == 0
+
+
+def english_texts() -> list[str]:
+    """Real English prose: docstrings of the standard library, one paragraph per document."""
+    import argparse
+    import collections
+    import functools
+    import json as json_module
+    import pathlib
+    import textwrap
+
+    texts = []
+    for module in (argparse, collections, functools, json_module, pathlib, textwrap):
+        for _, obj in inspect.getmembers(module):
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            texts += [p.replace("\n", " ") for p in (doc or "").split("\n\n") if len(p.split()) > 8]
+    return sorted(set(texts))
+
+
+def test_whole_word_masking_keeps_english_subword_pieces_together(tmp_path):
+    texts = english_texts()
+    assert len(texts) > 100
+    tok = train_tokenizer(texts, tmp_path / "en", kind="wordpiece", vocab_size=400)  # many ## pieces
+    corpus = tokenize_annotated(texts, tok, fields=["word_start"])
+    batch, docs = doc_rows(tok, texts, corpus, max_len=126)
+    out = WholeWordMasking(tok, mask_rate=0.2).prepare(clone(batch), torch.Generator().manual_seed(0))
+    chosen = out["labels"] != IGNORE
+    multi_piece = 0
+    for row, d in enumerate(docs):
+        word_ids = tok(texts[d], add_special_tokens=False).word_ids()
+        states: dict[int, set] = {}
+        for k, w in enumerate(word_ids):
+            states.setdefault(w, set()).add(bool(chosen[row, k + 1]))
+        assert all(len(s) == 1 for s in states.values()), texts[d]
+        multi_piece += sum(word_ids.count(w) > 1 and s == {True} for w, s in states.items())
+    assert multi_piece > 50  # masked words of several pieces, all pieces masked
+
+
+@pytest.mark.parametrize(("p", "max_words"), [(0.2, 10), (0.4, 5)])
+def test_span_lengths_follow_the_configured_distribution(zh, p, max_words):
+    tok, _, corpus = zh
+    obj = SpanMasking(tok, span_p=p, span_max_words=max_words)
+    lengths = []
+    for start in range(0, 256, 32):
+        batch = packed_batch(tok, corpus, rows=32, start=start)
+        candidates = obj.mlm.candidates(batch)
+        chosen = obj.choose(batch, torch.Generator().manual_seed(start)).numpy()
+        unit = word_units(batch["word_start"], candidates).numpy()
+        for row in range(len(unit)):
+            words = np.unique(unit[row][candidates[row].numpy()])
+            masked = np.isin(words, unit[row][chosen[row]]).astype(int)  # per word, in order
+            edges = np.diff(np.concatenate([[0], masked, [0]]))
+            lengths += list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))  # spans never touch
+    expected = (np.arange(1, max_words + 1) * span_length_probs(p, max_words)).sum()
+    assert len(lengths) > 500 and max(lengths) <= max_words
+    assert abs(np.mean(lengths) - expected) <= 0.1 * expected, (np.mean(lengths), expected)
+
+
+# --- sentence pairs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["nsp", "sop"])
+def test_sentence_pairs(zh, kind):
+    tok, _, corpus = zh
+    T = 64
+    pairs = build_pairs(
+        corpus,
+        np.arange(len(corpus.offsets) - 1),
+        T,
+        kind=kind,
+        seed=0,
+        cls_id=tok.cls_token_id,
+        sep_id=tok.sep_token_id,
+        pad_id=tok.pad_token_id,
+        carry={"word_start": 1},
+    )
+    ids, types, mask, labels = (
+        pairs[k] for k in ("input_ids", "token_type_ids", "attention_mask", "pair_labels")
+    )
+    n = len(labels)
+    assert n > 300 and ids.shape == (n, T) and pairs["word_start"].shape == (n, T)
+    assert abs(labels.mean() - 0.5) <= 1 / n  # balanced: labels come in shuffled pairs
+    stream = corpus.ids.astype(np.int32).tobytes()
+    contiguous = {0: 0, 1: 0}
+    for row in range(n):
+        length = int(mask[row].sum())
+        seps = np.flatnonzero(ids[row] == tok.sep_token_id)
+        assert ids[row, 0] == tok.cls_token_id and list(seps) == [seps[0], length - 1] and seps[0] > 1
+        assert (ids[row, length:] == tok.pad_token_id).all() and not mask[row, length:].any()
+        assert (types[row, : seps[0] + 1] == 0).all() and (types[row, seps[0] + 1 : length] == 1).all()
+        assert not types[row, length:].any()
+        a, b = ids[row, 1 : seps[0]], ids[row, seps[0] + 1 : length - 1]
+        first, second = (b, a) if kind == "sop" and labels[row] else (a, b)
+        contiguous[int(labels[row])] += np.concatenate([first, second]).astype(np.int32).tobytes() in stream
+    # The junction is real text: in order for positives, swapped back for SOP negatives; NSP negatives
+    # join two documents, which the corpus almost never contains.
+    assert contiguous[0] == (labels == 0).sum()
+    if kind == "sop":
+        assert contiguous[1] == (labels == 1).sum()
+    else:
+        assert contiguous[1] < 0.05 * (labels == 1).sum()
+
+
+def test_pair_batches_drop_unused_padding(zh):
+    tok, _, corpus = zh
+    pairs = build_pairs(
+        corpus, np.arange(50), 128, kind="sop", seed=0, cls_id=2, sep_id=3, pad_id=tok.pad_token_id
+    )
+    batch = {k: torch.from_numpy(v[:4].astype(np.int64)) for k, v in pairs.items()}
+    objectives = ObjectiveSet([MaskedLM(tok)], [1.0])
+    out = objectives.prepare(batch, torch.Generator().manual_seed(0))
+    width = int(batch["attention_mask"].sum(1).max())
+    assert out["input_ids"].shape == (4, width) and out["pair_labels"].shape == (4,)
+
+
+# --- causal LM ---------------------------------------------------------------------------------------
+
+
+def test_clm_labels_are_the_inputs_shifted_and_padding_is_ignored():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    labels = CausalLM().prepare({"input_ids": ids, "attention_mask": mask}, torch.Generator())["labels"]
+    assert labels.tolist() == [[6, 7, 8, 9, IGNORE], [11, 12, IGNORE, IGNORE, IGNORE]]
+    assert torch.equal(shifted_labels(ids)[:, :-1], ids[:, 1:])
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=20, n_embd=16, n_layer=1, n_head=2, n_positions=8, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()
+    batch = {"input_ids": ids[:1], "labels": labels[:1]}
+    ours = CausalLM().losses(Encoded(model, batch), batch)["clm_loss"]
+    assert torch.allclose(ours, model(input_ids=ids[:1], labels=ids[:1]).loss)  # transformers shifts itself
+
+
+# --- configuration errors ---------------------------------------------------------------------------
+
+
+def test_unknown_and_incompatible_objectives_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown objective.*'mlmx'.*known objectives: mlm, wwm, span"):
+        check_objectives(["mlmx"])
+    with pytest.raises(ConfigError, match="pick one of mlm, wwm, span, clm"):
+        check_objectives(["mlm", "wwm"])
+    with pytest.raises(ConfigError, match="nsp and sop"):
+        check_objectives(["mlm", "nsp", "sop"])
+    with pytest.raises(ConfigError, match="need an encoder.*decoder: use objective clm"):
+        check_objectives(["mlm"], arch="gpt2")
+    with pytest.raises(ConfigError, match="clm needs a decoder"):
+        check_objectives(["clm"], arch="bert")
+
+
+def test_objectives_check_the_model_they_get(zh_tokenizer_dir):
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    tok = load_tokenizer(zh_tokenizer_dir)
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2))
+    bert = BertForMaskedLM(
+        BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
+    with pytest.raises(ConfigError, match="objective mlm needs an encoder"):
+        build_objectives(ObjectiveConfig(names=["mlm"]), tok, model=gpt)
+    with pytest.raises(ConfigError, match="objective clm needs a decoder"):
+        build_objectives(ObjectiveConfig(names=["clm"]), tok, model=bert)
+    with pytest.raises(ConfigError, match="tagged corpus"):
+        build_objectives(ObjectiveConfig(names=["mlm", "tags"]), tok, model=bert)
+
+
+def test_tags_on_an_untagged_corpus_is_a_data_error(tiny_pretrain_overrides):
+    over = {**tiny_pretrain_overrides, "objective.names": ["mlm", "tags"]}
+    with pytest.raises(DataError, match="not a tagged corpus"):
+        pretrain(build_config(PretrainConfig, overrides=over))
+
+
+# --- end to end: a few dozen steps of each objective on real data ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer_dir(tmp_path_factory):
+    from lmvalue.data.sources import iter_texts
+
+    out = tmp_path_factory.mktemp("tok") / "zh-bpe"
+    train_tokenizer(iter_texts("demo:zh-reviews", max_docs=2000), out, kind="bpe", vocab_size=1500)
+    return out
+
+
+RUNS = {
+    "mlm": {},
+    "wwm": {},
+    "span": {},
+    "mlm+nsp": {},
+    "mlm+sop": {},
+    "mlm+tags": {"data.source": "demo:zh-news", "data.max_docs": 3000},
+    "clm-gpt2": {"model.arch": "gpt2"},
+    "clm-llama": {"model.arch": "llama"},
+}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_each_objective_learns_and_saves_a_plain_transformers_model(
+    run, tiny_pretrain_overrides, bpe_tokenizer_dir
+):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
+
+    names = ["clm"] if run.startswith("clm") else run.split("+")
+    over = {
+        **tiny_pretrain_overrides,
+        **RUNS[run],
+        "objective.names": names,
+        "train.max_steps": 40,
+        "train.eval_every": 20,
+        "train.save_every": 40,
+    }
+    if names == ["clm"]:
+        over["model.tokenizer"] = str(bpe_tokenizer_dir)
+    metrics = pretrain(build_config(PretrainConfig, overrides=over))
+    first, final = metrics["evals"][0], metrics["final"]
+    assert metrics["objectives"] == names
+    assert final["eval_loss"] < first["eval_loss"] - 0.5, (first, final)
+    predicted = next(n for n in names if n in ("mlm", "wwm", "span", "clm"))
+    assert final[f"eval_{predicted}_loss"] < first[f"eval_{predicted}_loss"] - 0.5
+    if "tags" in names:
+        assert final["eval_tags_loss"] < first["eval_tags_loss"] - 0.3
+    model_dir = Path(over["train.output_dir"]) / "model"
+    if names == ["clm"]:
+        assert "eval_clm_perplexity" in final and "eval_ref_mlm_loss" not in final
+        lm = AutoModelForCausalLM.from_pretrained(model_dir)
+        assert lm.config.model_type == over["model.arch"]
+        return
+    # Every encoder is also scored by the same plain MLM evaluation (same blocks, same masks).
+    assert final["eval_ref_mlm_loss"] < first["eval_ref_mlm_loss"]
+    if names == ["mlm"]:
+        assert final["eval_ref_mlm_loss"] == final["eval_mlm_loss"]
+    lm = AutoModelForMaskedLM.from_pretrained(model_dir)
+    assert type(lm).__name__ == "BertForMaskedLM"
+    saved = load_file(str(model_dir / "model.safetensors"))
+    if "sop" in names or "nsp" in names:  # BERT's own pretraining layout: pooler + cls.seq_relationship
+        full = AutoModelForPreTraining.from_pretrained(model_dir)
+        assert torch.equal(full.cls.seq_relationship.weight, saved["cls.seq_relationship.weight"])
+        assert torch.equal(full.bert.pooler.dense.weight, saved["bert.pooler.dense.weight"])
+    if "tags" in names:
+        labels = AutoConfig.from_pretrained(model_dir).lmvalue_tag_labels
+        assert {"n", "v", "w", "nr"} <= set(labels)
+        assert saved["tag_head.weight"].shape[0] == len(labels)
+
+
+def test_pair_objective_resumes_exactly(tiny_pretrain_overrides, tmp_path):
+    """Heads are in the checkpoints, and the per-epoch pairs are rebuilt identically on resume."""
+    from safetensors.torch import load_file
+
+    base = {**tiny_pretrain_overrides, "objective.names": ["mlm", "sop"], "train.keep_checkpoints": 5}
+    straight = {**base, "train.output_dir": str(tmp_path / "straight")}
+    pretrain(build_config(PretrainConfig, overrides=straight))
+    # A run killed after its step-10 checkpoint: the same run folder as it was at that moment.
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "straight", killed)
+    shutil.rmtree(killed / "model")
+    for ckpt in (killed / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > 10:
+            shutil.rmtree(ckpt)
+    info = json.loads((killed / "run.json").read_text())
+    (killed / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    pretrain(
+        build_config(
+            PretrainConfig, overrides={**base, "train.output_dir": str(killed), "train.resume": True}
+        )
+    )
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(killed / "model" / "model.safetensors"))
+    assert "cls.seq_relationship.weight" in a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_samples_from_a_causal_lm(tiny_pretrain_overrides, bpe_tokenizer_dir, capsys):
+    from lmvalue.cli import main
+
+    over = {
+        **tiny_pretrain_overrides,
+        "model.arch": "gpt2",
+        "model.tokenizer": str(bpe_tokenizer_dir),
+        "objective.names": ["clm"],
+        "train.max_steps": 10,
+    }
+    pretrain(build_config(PretrainConfig, overrides=over))
+    run = over["train.output_dir"]
+    capsys.readouterr()
+    args = ["generate", "--model", run, "--prompt", "这本书", "--max-new-tokens", "8", "--top-p", "0.9"]
+    assert main([*args, "--seed", "1", "-n", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert len(first) == 2 and all(line.startswith("这本书") for line in first)
+    assert main([*args, "--seed", "1", "-n", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == first  # seeded
+    assert main(["generate", "--model", run, "--prompt", "好", "--temperature", "0"]) == 0
+
+    mlm = {**tiny_pretrain_overrides, "train.output_dir": str(Path(run).parent / "mlm"), "train.max_steps": 1}
+    pretrain(build_config(PretrainConfig, overrides=mlm))
+    assert main(["generate", "--model", mlm["train.output_dir"], "--prompt", "好"]) == 2
+    assert "generate needs a causal LM" in capsys.readouterr().err

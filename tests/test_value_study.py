@@ -1,0 +1,164 @@
+"""The study runner: resume after SIGKILL, failures recorded, folder protection, a real tiny study."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmvalue.errors import LmvalueError
+from lmvalue.value.registry import Registry
+from lmvalue.value.study import StudyConfig, run_study
+
+FAKE = r"""
+import json, os, signal, sys
+from lmvalue.value.study import StudyConfig, run_study
+
+cfg = StudyConfig(**json.loads(sys.argv[1]))
+log_path, kill_at = sys.argv[2], int(sys.argv[3])
+
+def runner(arm, state, train, test, budget, seed, study):
+    with open(log_path, "a") as f:
+        f.write(f"{arm.name},{budget},{seed}\n")
+    n = sum(1 for _ in open(log_path))
+    if n == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"metrics": {"accuracy": 0.5 + budget / 1000 + seed / 100 + (0.1 if arm.name == "tfidf" else 0)}}
+
+run_study(cfg, cell_runner=runner)
+"""
+
+
+@pytest.fixture()
+def labeled_csv(tmp_path):
+    from lmvalue.data.sources import load_labeled
+
+    rows = load_labeled("demo:zh-reviews")
+    pos = [r for r in rows if r["label"] == "pos"][:150]
+    neg = [r for r in rows if r["label"] == "neg"][:150]
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pos + neg), encoding="utf-8")
+    return path
+
+
+def study_kwargs(labeled_csv, out) -> dict:
+    return {"output_dir": str(out), "data": str(labeled_csv), "test_size": 100, "arms": ["scratch", "tfidf"],
+            "budgets": [8, 16], "seeds": 2, "vocab_size": 500}
+
+
+def test_killed_study_resumes_without_losing_or_repeating_cells(labeled_csv, tmp_path):
+    out = tmp_path / "study"
+    log = tmp_path / "cells.log"
+    kw = study_kwargs(labeled_csv, out)
+    proc = subprocess.run([sys.executable, "-c", FAKE, json.dumps(kw), str(log), "5"],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    reg = Registry(out / "results.sqlite")
+    assert len(reg.finished()) == 4  # cells 1-4 finished; the 5th was killed while running
+    reg.close()
+
+    kw["resume"] = True
+    proc = subprocess.run([sys.executable, "-c", FAKE, json.dumps(kw), str(log), "0"],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = log.read_text().splitlines()
+    assert len(runs) == 9 and len(set(runs)) == 8  # 8 cells; only the killed one ran twice
+    assert runs.count(runs[4]) == 2
+    reg = Registry(out / "results.sqlite")
+    cells = reg.cells()
+    reg.close()
+    assert len(cells) == 8 and all(c["status"] == "done" for c in cells)
+    assert (out / "report.html").is_file() and "scratch" in (out / "report.md").read_text()
+
+
+def test_failing_cells_are_recorded_and_the_study_goes_on(labeled_csv, tmp_path):
+    def runner(arm, state, train, test, budget, seed, study):
+        if arm.name == "tfidf" and budget == 16:
+            raise RuntimeError("simulated crash")
+        assert len(train) == 200 and len(test) == 100
+        return {"metrics": {"accuracy": 0.6}}
+
+    summary = run_study(StudyConfig(**study_kwargs(labeled_csv, tmp_path / "s")), cell_runner=runner)
+    assert len(summary["failures"]) == 2 and "simulated crash" in summary["failures"][0]["error"]
+    assert "simulated crash" in Path(summary["report_md"]).read_text()
+
+
+def test_existing_study_is_not_overwritten(labeled_csv, tmp_path):
+    kw = study_kwargs(labeled_csv, tmp_path / "s")
+    run_study(StudyConfig(**kw), cell_runner=lambda *a: {"metrics": {"accuracy": 0.5}})
+    before = (tmp_path / "s" / "results.sqlite").stat().st_mtime_ns
+    with pytest.raises(LmvalueError, match="already holds a study"):
+        run_study(StudyConfig(**kw), cell_runner=lambda *a: {"metrics": {"accuracy": 0.5}})
+    assert (tmp_path / "s" / "results.sqlite").stat().st_mtime_ns == before
+
+
+def test_budgets_larger_than_the_pool_are_capped(labeled_csv, tmp_path, caplog):
+    kw = {**study_kwargs(labeled_csv, tmp_path / "s"), "budgets": [8, 5000], "arms": ["tfidf"], "seeds": 1}
+    with caplog.at_level("WARNING", logger="lmvalue"):
+        summary = run_study(StudyConfig(**kw), cell_runner=lambda *a: {"metrics": {"accuracy": 0.5}})
+    assert "capped to 200" in caplog.text and "fewer than 2 seeds" in caplog.text
+    assert sorted(summary["curves"]["tfidf"]) == [8, 200]
+
+
+def _chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+def test_report_renders_in_a_real_browser(labeled_csv, tmp_path):
+    """The page renders offline in headless Chromium: the embedded plot is drawn (not a broken image)."""
+    import numpy as np
+    from PIL import Image
+
+    summary = run_study(StudyConfig(**study_kwargs(labeled_csv, tmp_path / "s")),
+                        cell_runner=lambda arm, st, tr, te, b, s, c: {"metrics": {"accuracy": 0.5 + b / 100 + s / 50}})
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--window-size=1000,1400", f"--screenshot={shot}", Path(summary["report_html"]).as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # The learning-curve plot draws coloured lines: many pixels that are neither white/grey nor black text.
+    colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
+    assert colourful.sum() > 2000
+    dom = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", Path(summary["report_html"]).as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    assert "learning-curves" in dom and "<table>" in dom
+
+
+def test_tiny_end_to_end_study(labeled_csv, tmp_path):
+    """Real arms: a tokenizer, 30 steps of pretraining, fine-tuning and TF-IDF cells, report."""
+    tiny = {"model.hidden": 64, "model.heads": 2, "model.ffn": 128, "model.num_layers": 2}
+    cfg = StudyConfig(
+        output_dir=str(tmp_path / "study"), data=str(labeled_csv), test_size=100,
+        arms=["scratch", "pretrained:mlm", "tfidf"], budgets=[16, 64], seeds=2, preset="tiny", vocab_size=600,
+        pretrain_minutes=2, pretrain_max_steps=30,
+        pretrain_overrides={**tiny, "data.block_size": 64, "train.batch_size": 8, "train.eval_every": 15,
+                            "train.progress": False, "train.lr": 2e-3},
+        finetune_overrides={"train.max_steps": 15, "train.min_steps": 15, "train.batch_size": 8, "data.max_length": 64},
+    )
+    summary = run_study(cfg)
+    assert not summary["failures"], summary["failures"]
+    assert sorted(summary["curves"]) == ["pretrained:mlm", "scratch", "tfidf"]
+    assert all(len(v) == 2 for curve in summary["curves"].values() for v in curve.values())
+    reg = Registry(tmp_path / "study" / "results.sqlite")
+    cells = reg.cells()
+    arms = reg.arms()
+    reg.close()
+    assert len(cells) == 12
+    neural = [c for c in cells if c["arm"] != "tfidf"]
+    assert all(c["trainable_params"] and c["train_flops"] and c["wall_s"] > 0 for c in neural)
+    assert arms["pretrained:mlm"]["info"]["pretrain_tokens"] > 0
+    assert (tmp_path / "study" / "arms" / "pretrained_mlm" / "model" / "config.json").is_file()
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert "pretrained:mlm" in md and "Verdict" in md
