@@ -174,6 +174,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     from lmvalue.checkpoint import read_json
     from lmvalue.tokenizer import load_tokenizer
 
+    torch.set_flush_denormal(True)  # see lmvalue.finetune.finetune: subnormals are ~100x slower on CPU
     folder = Path(path)
     if (
         (folder / "model").is_dir()
