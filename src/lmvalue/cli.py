@@ -187,13 +187,24 @@ def cmd_value(args):
     from lmvalue.value.study import StudyConfig, run_study
 
     cfg = StudyConfig(
-        output_dir=args.output, data=args.data, test=args.test, test_size=args.test_size,
-        text_column=args.text_column, label_column=args.label_column, corpus=args.corpus, arms=args.arms,
-        budgets=args.budgets, seeds=args.seeds, metric=args.metric, preset=args.preset,
-        vocab_size=args.vocab_size, pretrain_minutes=args.pretrain_minutes,
+        output_dir=args.output,
+        data=args.data,
+        test=args.test,
+        test_size=args.test_size,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        corpus=args.corpus,
+        arms=args.arms,
+        budgets=args.budgets,
+        seeds=args.seeds,
+        metric=args.metric,
+        preset=args.preset,
+        vocab_size=args.vocab_size,
+        pretrain_minutes=args.pretrain_minutes,
         pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
         finetune_overrides=_study_overrides(args.finetune, "--finetune"),
-        resume=args.resume, overwrite=args.overwrite,
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
     _print_study(run_study(cfg))
 
@@ -351,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tfidf over 4 label budgets and 3 seeds; prints the verdict and the report's path.",
     )
     p.add_argument("--output", "-o", default="runs/demo", help="study folder (default runs/demo)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted demo (finished cells are kept)")
+    p.add_argument(
+        "--resume", action="store_true", help="finish an interrupted demo (finished cells are kept)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
     p.set_defaults(func=cmd_demo)
 
@@ -366,24 +379,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="labeled test set (default: carve --test-size examples out of --data)")
     p.add_argument("--test-size", type=int, default=2000, help="carved test examples (default 2000)")
     p.add_argument("--corpus", help="unlabeled text for pretraining (default: the training pool's texts)")
-    p.add_argument("--arms", nargs="+", default=["scratch", "pretrained:mlm", "tfidf"], help="arms to compare")
-    p.add_argument("--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)")
+    p.add_argument(
+        "--arms", nargs="+", default=["scratch", "pretrained:mlm", "tfidf"], help="arms to compare"
+    )
+    p.add_argument(
+        "--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)"
+    )
     p.add_argument("--seeds", type=int, default=5, help="seeds per budget (default 5)")
     p.add_argument("--metric", default="accuracy", help="headline test metric (default accuracy)")
-    p.add_argument("--preset", default="mini", help="architecture of scratch and pretrained arms (default mini)")
-    p.add_argument("--vocab-size", type=int, default=8000, help="tokenizer trained on the corpus (default 8000)")
-    p.add_argument("--pretrain-minutes", type=float, default=10.0, help="pretraining budget per arm (default 10)")
+    p.add_argument(
+        "--preset", default="mini", help="architecture of scratch and pretrained arms (default mini)"
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=8000, help="tokenizer trained on the corpus (default 8000)"
+    )
+    p.add_argument(
+        "--pretrain-minutes", type=float, default=10.0, help="pretraining budget per arm (default 10)"
+    )
     p.add_argument("--pretrain", nargs="*", metavar="KEY=VALUE", help="pretraining overrides for every arm")
     p.add_argument("--finetune", nargs="*", metavar="KEY=VALUE", help="fine-tuning overrides for every cell")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--output", "-o", default="runs/study", help="study folder (default runs/study)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted study; finished cells are kept")
+    p.add_argument(
+        "--resume", action="store_true", help="finish an interrupted study; finished cells are kept"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing study in --output")
     p.set_defaults(func=cmd_value)
 
-    p = sub.add_parser("report", help="(re)write a study's HTML/Markdown report", description="Write "
-                       "report.html and report.md of a study folder from its registry (also while it runs).")
+    p = sub.add_parser(
+        "report",
+        help="(re)write a study's HTML/Markdown report",
+        description="Write "
+        "report.html and report.md of a study folder from its registry (also while it runs).",
+    )
     p.add_argument("study", help="study folder")
     p.set_defaults(func=cmd_report)
 
