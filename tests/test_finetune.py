@@ -2,6 +2,7 @@
 merges; evaluate and predict; and every kind of bad input stops with a clear message."""
 
 import json
+import math
 import random
 
 import numpy as np
@@ -124,11 +125,10 @@ def test_parameter_efficient_methods_learn_save_reload_and_merge(method, reviews
         },
     )
     m = finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[2000:4000])
-    first = m["evals"][0]
+    first, lowest = m["evals"][0], min(e["eval_loss"] for e in m["evals"])
+    assert first["eval_loss"] == pytest.approx(math.log(2), abs=1e-4)  # a new head starts at chance
+    assert lowest < first["eval_loss"] - 0.05, m["evals"]  # the head (and adapters) learned
     assert m["dev"]["accuracy"] >= 0.68, m["evals"]  # chance: 0.5 on 100 dev reviews
-    assert min(e["eval_loss"] for e in m["evals"]) < first["eval_loss"] - 0.05, m[
-        "evals"
-    ]  # the head (and adapters) learned
     assert 0 < m["trainable_params"] < 0.25 * m["total_params"]
     assert m["train_flops"] == pytest.approx(
         (4 * m["forward_params"] + 2 * m["forward_params_trainable"]) * m["train_tokens"]
@@ -440,3 +440,48 @@ def test_from_scratch_uses_the_checkpoint_architecture_with_fresh_weights(sentim
     w = "bert.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(a.state_dict()[w], b.state_dict()[w])  # deterministic per seed
     assert not np.allclose(a.state_dict()[w].numpy(), pretrained.state_dict()[w].numpy())
+
+
+def test_lr_search_keeps_the_best_dev_rate_and_matches_a_plain_run(reviews, char_tokenizer_dir, tmp_path):
+    base = {
+        **scratch(char_tokenizer_dir),
+        "budget.train_size": 500,
+        "train.max_steps": 150,
+        "train.min_steps": 150,
+        "train.evals": 3,
+        "train.save_model": False,
+    }
+    searched = finetune(
+        build_config(
+            FinetuneConfig, overrides=settings(tmp_path / "s", **base, **{"train.lr_search": [1e-7, 2e-3]})
+        ),
+        train_examples=reviews[:2000],
+    )
+    tried = {t["lr"]: t["dev_score"] for t in searched["lr_search"]}
+    assert set(tried) == {1e-7, 2e-3}
+    assert tried[2e-3] > tried[1e-7] + 0.1, tried  # 1e-7 leaves the zero head at one class
+    assert searched["lr"] == 2e-3 and searched["dev_score"] == tried[2e-3]
+    plain = finetune(
+        build_config(FinetuneConfig, overrides=settings(tmp_path / "p", **base, **{"train.lr": 2e-3})),
+        train_examples=reviews[:2000],
+    )
+
+    # every candidate starts from the same seeded weights: the winner is exactly the plain run
+    def scores(m):
+        return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in m["evals"]]
+
+    assert searched["test"] == plain["test"] and scores(searched) == scores(plain)
+
+
+def test_lr_search_without_a_dev_split_is_refused_before_anything_is_written(char_tokenizer_dir, tmp_path):
+    over = settings(
+        tmp_path / "run",
+        **scratch(char_tokenizer_dir),
+        **{"budget.train_size": 50, "budget.dev_fraction": 0.0, "train.lr_search": [1e-3, 1e-4]},
+    )
+    examples = [
+        {"text": f"好{i}" if i % 2 else f"差{i}", "label": "pos" if i % 2 else "neg"} for i in range(300)
+    ]
+    with pytest.raises(ConfigError, match="lr_search"):
+        finetune(build_config(FinetuneConfig, overrides=over), train_examples=examples)
+    assert not (tmp_path / "run").exists()

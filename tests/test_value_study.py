@@ -44,24 +44,41 @@ def labeled_csv(tmp_path):
 
 
 def study_kwargs(labeled_csv, out) -> dict:
-    return {"output_dir": str(out), "data": str(labeled_csv), "test_size": 100, "arms": ["scratch", "tfidf"],
-            "budgets": [8, 16], "seeds": 2, "vocab_size": 500}
+    return {
+        "output_dir": str(out),
+        "data": str(labeled_csv),
+        "test_size": 100,
+        "arms": ["scratch", "tfidf"],
+        "budgets": [8, 16],
+        "seeds": 2,
+        "vocab_size": 500,
+    }
 
 
 def test_killed_study_resumes_without_losing_or_repeating_cells(labeled_csv, tmp_path):
     out = tmp_path / "study"
     log = tmp_path / "cells.log"
     kw = study_kwargs(labeled_csv, out)
-    proc = subprocess.run([sys.executable, "-c", FAKE, json.dumps(kw), str(log), "5"],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", FAKE, json.dumps(kw), str(log), "5"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     reg = Registry(out / "results.sqlite")
     assert len(reg.finished()) == 4  # cells 1-4 finished; the 5th was killed while running
     reg.close()
 
     kw["resume"] = True
-    proc = subprocess.run([sys.executable, "-c", FAKE, json.dumps(kw), str(log), "0"],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", FAKE, json.dumps(kw), str(log), "0"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = log.read_text().splitlines()
     assert len(runs) == 9 and len(set(runs)) == 8  # 8 cells; only the killed one ran twice
@@ -114,14 +131,29 @@ def test_report_renders_in_a_real_browser(labeled_csv, tmp_path):
     import numpy as np
     from PIL import Image
 
-    summary = run_study(StudyConfig(**study_kwargs(labeled_csv, tmp_path / "s")),
-                        cell_runner=lambda arm, st, tr, te, b, s, c: {"metrics": {"accuracy": 0.5 + b / 100 + s / 50}})
+    summary = run_study(
+        StudyConfig(**study_kwargs(labeled_csv, tmp_path / "s")),
+        cell_runner=lambda arm, st, tr, te, b, s, c: {"metrics": {"accuracy": 0.5 + b / 100 + s / 50}},
+    )
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--window-size=1000,1400", f"--screenshot={shot}", Path(summary["report_html"]).as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1000,1400",
+            f"--screenshot={shot}",
+            Path(summary["report_html"]).as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
@@ -129,9 +161,19 @@ def test_report_renders_in_a_real_browser(labeled_csv, tmp_path):
     colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
     assert colourful.sum() > 2000
     dom = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", Path(summary["report_html"]).as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            "--dump-dom",
+            Path(summary["report_html"]).as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     assert "learning-curves" in dom and "<table>" in dom
 
@@ -140,12 +182,30 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
     """Real arms: a tokenizer, 30 steps of pretraining, fine-tuning and TF-IDF cells, report."""
     tiny = {"model.hidden": 64, "model.heads": 2, "model.ffn": 128, "model.num_layers": 2}
     cfg = StudyConfig(
-        output_dir=str(tmp_path / "study"), data=str(labeled_csv), test_size=100,
-        arms=["scratch", "pretrained:mlm", "tfidf"], budgets=[16, 64], seeds=2, preset="tiny", vocab_size=600,
-        pretrain_minutes=2, pretrain_max_steps=30,
-        pretrain_overrides={**tiny, "data.block_size": 64, "train.batch_size": 8, "train.eval_every": 15,
-                            "train.progress": False, "train.lr": 2e-3},
-        finetune_overrides={"train.max_steps": 15, "train.min_steps": 15, "train.batch_size": 8, "data.max_length": 64},
+        output_dir=str(tmp_path / "study"),
+        data=str(labeled_csv),
+        test_size=100,
+        arms=["scratch", "pretrained:mlm", "tfidf"],
+        budgets=[16, 64],
+        seeds=2,
+        preset="tiny",
+        vocab_size=600,
+        pretrain_minutes=2,
+        pretrain_max_steps=30,
+        pretrain_overrides={
+            **tiny,
+            "data.block_size": 64,
+            "train.batch_size": 8,
+            "train.eval_every": 15,
+            "train.progress": False,
+            "train.lr": 2e-3,
+        },
+        finetune_overrides={
+            "train.max_steps": 15,
+            "train.min_steps": 15,
+            "train.batch_size": 8,
+            "data.max_length": 64,
+        },
     )
     summary = run_study(cfg)
     assert not summary["failures"], summary["failures"]

@@ -421,6 +421,12 @@ class FinetuneTrainConfig(TrainConfig):
         10, "evaluations on the dev split over the run (none: every train.eval_every steps)"
     )
     select_best: bool = _f(True, "keep the weights of the best dev evaluation instead of the last")
+    lr_search: list[float] | None = _f(
+        None,
+        "train once per learning rate in this list and keep the run with the best dev score (replaces "
+        "train.lr; the test split is still scored once, with the winner); guards against runs that "
+        "diverge or do not move at one fixed rate, at the cost of one run per rate",
+    )
     checkpoints: bool = _f(False, "write resumable checkpoints (fine-tuning runs are short)")
     save_model: bool = _f(True, "write the fine-tuned model (off: metrics only, e.g. inside a value study)")
 
@@ -455,6 +461,11 @@ class FinetuneConfig:
             out.append(f"train.epochs={self.train.epochs} must be > 0")
         if self.train.evals is not None and self.train.evals < 1:
             out.append(f"train.evals={self.train.evals} must be >= 1")
+        if self.train.lr_search is not None:
+            if not self.train.lr_search or any(lr <= 0 for lr in self.train.lr_search):
+                out.append(f"train.lr_search={self.train.lr_search} must list learning rates > 0")
+            if self.train.resume:
+                out.append("train.lr_search cannot be resumed; rerun it with train.overwrite=true")
         if self.data.max_length > self.model.max_position_embeddings and self.model.from_scratch:
             out.append(
                 f"data.max_length={self.data.max_length} exceeds "

@@ -365,6 +365,11 @@ def finetune(
     torch.set_flush_denormal(True)
     method = get_method(cfg.method.name)
     data = load_task_data(cfg, train_examples=train_examples, test_examples=test_examples)
+    if cfg.train.lr_search and method.apply is not None and not data.dev:
+        raise ConfigError(
+            "train.lr_search picks the learning rate on the dev split, but the budget left none; raise "
+            "budget.dev_fraction or the budget, or set train.lr instead"
+        )
     # Everything that can fail on bad input (data, checkpoint, labels) fails before anything is written.
     start = prepare_network(cfg, data) if method.apply is not None else None
     accelerator = make_accelerator(cfg.train) if method.apply is not None else None
@@ -380,8 +385,11 @@ def finetune(
     try:
         if start is None:
             result = _fit_tfidf(cfg, data, run)
+        elif cfg.train.lr_search:
+            result = _search_lr(cfg, data, method, run, start, accelerator)
         else:
-            result = _train_network(cfg, data, method, run, start, accelerator, resume_from)
+            trained = _train_network(cfg, data, method, run, start, accelerator, resume_from)
+            result = _finish_network(cfg, data, method, run, trained, accelerator)
     except BaseException as e:
         if main:
             _mark_failed(run, e)
@@ -585,10 +593,9 @@ def _train_network(
         method.finalize(final)
     task = dataclasses.replace(dev_view, model=final)
     dev_scores = score(task, data.dev) if data.dev else {}
-    test_scores = score(task, data.test, out_dir=run.path if main else None, name="test")  # once
     result = {
-        "test_scores": test_scores,
         "dev_scores": dev_scores,
+        "lr": cfg.train.lr,
         "trainable_params": trainable,
         "total_params": total,
         "train_flops": float((4 * n_fwd + 2 * n_fwd_trainable) * state.tokens),
@@ -607,6 +614,17 @@ def _train_network(
         "model_dir": None,
         "merged_dir": None,
     }
+    return {"result": result, "final": final, "task": task, "tokenizer": tokenizer, "base_dir": base_dir}
+
+
+def _finish_network(
+    cfg: FinetuneConfig, data: TaskData, method: Method, run: RunDir, trained: dict, accelerator
+) -> dict:
+    """Score the test split once with the trained model; save it (and the merged model)."""
+    spec, result, final, tokenizer = data.spec, trained["result"], trained["final"], trained["tokenizer"]
+    main = accelerator.is_main_process
+    base_dir = trained["base_dir"]
+    result["test_scores"] = score(trained["task"], data.test, out_dir=run.path if main else None, name="test")
     if cfg.train.save_model and main:
 
         def write(folder: Path):
@@ -625,4 +643,28 @@ def _train_network(
 
             result["merged_dir"] = str(run.write_dir_atomic("merged", write_merged))
     accelerator.wait_for_everyone()
+    return result
+
+
+def _search_lr(cfg: FinetuneConfig, data: TaskData, method: Method, run: RunDir, start: dict, accelerator):
+    """``train.lr_search``: one run per learning rate from the same seed and split; the best dev
+    score wins (ties: the earlier rate in the list); only the winner sees the test split."""
+    best, tried = None, []
+    for i, lr in enumerate(cfg.train.lr_search):
+        cand_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr))
+        if i > 0:  # a fresh start for every rate: the same initial weights (seeded), untouched by training
+            start = prepare_network(cand_cfg, data)
+        sub = RunDir(run.path / "lr_search" / f"lr-{lr:g}")
+        sub.path.mkdir(parents=True, exist_ok=True)
+        trained = _train_network(cand_cfg, data, method, sub, start, accelerator, None)
+        dev = trained["result"]["dev_scores"].get(data.spec.metric, float("-inf"))
+        tried.append({"lr": lr, "dev_score": dev, "best_step": trained["result"]["best_step"]})
+        log.info("lr_search: lr=%g -> dev %s %.4f", lr, data.spec.metric, dev)
+        if best is None or dev > best[0]:
+            best = (dev, cand_cfg, trained)
+        start = None
+    _, win_cfg, trained = best
+    log.info("lr_search: kept lr=%g", win_cfg.train.lr)
+    result = _finish_network(win_cfg, data, method, run, trained, accelerator)
+    result["lr_search"] = tried
     return result
