@@ -167,3 +167,32 @@ def test_overlap_exact_and_near():
     test = ["这个东西很好，下次还买！", "质量太差了不推荐啊", "全新的评论内容，和语料无关"]
     o = text_overlap(test, corpus)
     assert o["exact"] == 1 and o["near"] == 2 and o["test"] == 3
+
+
+def test_models_that_predict_one_class_are_flagged_in_table_and_verdict(tmp_path):
+    from lmvalue.tasks.metrics import classification_scores
+
+    s = classification_scores(["a", "b", "a", "a"], ["a", "a", "a", "a"], ["a", "b"])
+    assert s["predicted_classes"] == 1 and s["top_prediction_share"] == 1.0
+    assert classification_scores(["a", "b"], ["a", "b"], ["a", "b"])["predicted_classes"] == 2
+    cells = _cells(
+        {
+            "scratch": {10: [0.53, 0.53, 0.53], 100: [0.60, 0.61, 0.59]},
+            "pretrained:mlm": {10: [0.61, 0.60, 0.62], 100: [0.70, 0.71, 0.69]},
+        }
+    )
+    for c in cells:
+        c["metrics"] = {"predicted_classes": 1 if (c["arm"], c["budget"]) == ("scratch", 10) else 2}
+    summary = summarize(cells)
+    assert summary["one_class_cells"] == [{"arm": "scratch", "budget": 10, "seeds": 3}]
+    row = next(r for r in summary["table"] if (r["arm"], r["budget"]) == ("scratch", 10))
+    assert row["one_class"] == 3
+    text = verdict(summary)
+    assert "3 fine-tuned model(s) predicted a single class" in text and "scratch @ 10: 3 seed(s)" in text
+    _, md_path = write_report(tmp_path, summary, {"name": "t"}, text)
+    md = md_path.read_text()
+    assert "| scratch | 10 | 3 | 53.0 | 53.0–53.0 | 3 |" in md and "One-class models" in md
+    # without such models the verdict carries no caution
+    for c in cells:
+        c["metrics"] = {"predicted_classes": 2}
+    assert "Caution" not in verdict(summarize(cells))

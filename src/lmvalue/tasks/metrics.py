@@ -18,8 +18,12 @@ def classification_scores(y_true: list[str], y_pred: list[str], labels) -> dict:
     from sklearn.metrics import accuracy_score, classification_report, f1_score
 
     names = list(labels) + sorted(set(y_true) - set(labels))
+    top = max((y_pred.count(c) for c in set(y_pred)), default=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        # A model that says the same label for everything learned nothing, whatever its accuracy.
+        "predicted_classes": len(set(y_pred)),
+        "top_prediction_share": top / max(1, len(y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=names, average="macro", zero_division=0)),
         "report": classification_report(y_true, y_pred, labels=names, output_dict=True, zero_division=0),
         "report_text": classification_report(y_true, y_pred, labels=names, digits=4, zero_division=0),

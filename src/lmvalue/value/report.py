@@ -40,6 +40,10 @@ def paired_difference(arm: dict[int, float], base: dict[int, float]) -> tuple[fl
 def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str = "accuracy") -> dict:
     """Everything the report shows, computed from the registry rows."""
     curves = curves_of(cells)
+    one_class: dict = defaultdict(int)  # (arm, budget) -> seeds whose model predicted one class only
+    for c in cells:
+        if c["status"] == "done" and (c.get("metrics") or {}).get("predicted_classes") == 1:
+            one_class[(c["arm"], c["budget"])] += 1
     table = []
     for arm in sorted(curves):
         for budget in sorted(curves[arm]):
@@ -54,6 +58,7 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
                     "lo": lo,
                     "hi": hi,
                     "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                    "one_class": one_class.get((arm, budget), 0),
                 }
             )
     comparisons = []
@@ -104,6 +109,10 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
             failures.append({"what": f"{arm}: preparing the arm", "error": info["error"]})
     return {
         "metric": metric,
+        "one_class_cells": sorted(
+            ({"arm": a, "budget": b, "seeds": n} for (a, b), n in one_class.items()),
+            key=lambda d: (d["arm"], d["budget"]),
+        ),
         "curves": {a: _plain(c) for a, c in curves.items()},
         "table": table,
         "comparisons": comparisons,
@@ -167,7 +176,19 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         return (
             "No pretrained arm was compared with scratch, so the study cannot say what pretraining was worth."
         )
+    if summary.get("one_class_cells"):
+        n = sum(d["seeds"] for d in summary["one_class_cells"])
+        sentences.append(
+            f"Caution: {n} fine-tuned model(s) predicted a single class for every test example "
+            f"({_one_class_text(summary['one_class_cells'])}); they learned nothing, so the comparisons "
+            "that involve them say more about the fine-tuning recipe than about pretraining "
+            "(more steps or train.lr_search may help)."
+        )
     return " ".join(sentences)
+
+
+def _one_class_text(rows: list[dict]) -> str:
+    return ", ".join(f"{d['arm']} @ {d['budget']}: {d['seeds']} seed(s)" for d in rows)
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -222,11 +243,23 @@ def markdown_report(summary: dict, meta: dict, verdict_text: str) -> str:
         f"- overlap of the unlabeled corpus with the test texts: {meta.get('overlap_text', 'not checked')}",
         "",
     ]
-    lines += ["## Scores", "", f"| arm | budget | seeds | mean {m} | 95% CI |", "|---|---:|---:|---:|---|"]
+    lines += [
+        "## Scores",
+        "",
+        f"| arm | budget | seeds | mean {m} | 95% CI | one-class models |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     for r in summary["table"]:
         lines.append(
-            f"| {r['arm']} | {r['budget']} | {r['n_seeds']} | {_fmt(r['mean'])} | {_fmt(r['lo'])}–{_fmt(r['hi'])} |"
+            f"| {r['arm']} | {r['budget']} | {r['n_seeds']} | {_fmt(r['mean'])} | {_fmt(r['lo'])}–{_fmt(r['hi'])} "
+            f"| {r.get('one_class', 0) or ''} |"
         )
+    if summary.get("one_class_cells"):
+        lines += [
+            "",
+            "One-class models predicted the same label for every test example: their score is that "
+            "label's share of the test set, not something they learned.",
+        ]
     lines += [
         "",
         "## Label efficiency",
