@@ -21,7 +21,9 @@ Arms (``name[/method]``, method one of the fine-tuning methods, default ``full``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import re
@@ -224,7 +226,8 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
                 error=result.get("error"),
             )
             if result["status"] == "done":
-                log.info("  %s = %.4f (%.0fs)", cfg.metric, metrics.get(cfg.metric, float("nan")), wall)
+                lr = f", lr {metrics['lr']:g}" if metrics.get("lr") else ""
+                log.info("  %s = %.4f (%.0fs%s)", cfg.metric, metrics.get(cfg.metric, float("nan")), wall, lr)
             progress.finish(arm.name, wall)
         return write_study_report(study_dir)
     finally:
@@ -464,6 +467,22 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
     return overrides
 
 
+@contextlib.contextmanager
+def _quiet_cell():
+    """A cell's own step-by-step output would bury the study's progress lines: keep warnings only."""
+    logger = logging.getLogger("lmvalue")
+    level = logger.level
+    if level > logging.INFO or log.getEffectiveLevel() < logging.INFO:  # quiet already, or debugging
+        yield
+        return
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def run_cell(
     arm: Arm, state: dict, train: list[dict], test: list[dict], budget: int, seed: int, cfg: StudyConfig
 ) -> dict:
@@ -473,7 +492,7 @@ def run_cell(
     from lmvalue.config import FinetuneConfig, build_config
     from lmvalue.finetune import finetune
 
-    with tempfile.TemporaryDirectory(prefix="lmvalue-cell-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lmvalue-cell-") as tmp, _quiet_cell():
         overrides = cell_overrides(arm, state, budget, seed, cfg, str(Path(tmp) / "run"))
         m = finetune(
             build_config(FinetuneConfig, overrides=overrides), train_examples=train, test_examples=test
@@ -484,6 +503,8 @@ def run_cell(
         "metrics": {
             **test_scores,
             "dev_score": m.get("dev_score"),
+            "lr": m.get("lr"),
+            "lr_search": m.get("lr_search"),
             "steps": m.get("steps"),
             "train_examples": m["examples"]["train"],
             "dev_examples": m["examples"]["dev"],
