@@ -1,9 +1,12 @@
 """Shared fixtures: offline, tiny models, a tokenizer trained once per session on real demo data."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The token cache of the test session lives in a temporary folder, never in ~/.cache.
+os.environ.setdefault("LMVALUE_CACHE", tempfile.mkdtemp(prefix="lmvalue-test-cache-"))
 
 import pytest  # noqa: E402
 

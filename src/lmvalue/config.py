@@ -111,6 +111,13 @@ class DataConfig:
     eval_fraction: float = _f(0.02, "share of documents held out for evaluation")
     eval_max_blocks: int = _f(256, "evaluate on at most this many held-out blocks")
     num_workers: int = _f(0, "data loader worker processes (masking runs in them)")
+    cache: bool = _f(
+        True,
+        "tokenize the corpus once into the token cache and memory-map it (and its packed blocks) in "
+        "later runs; keyed on the tokenizer and the text, so edits are never missed. Used for packed "
+        "objectives without word annotations (mlm, clm); others tokenize in memory",
+    )
+    cache_dir: str | None = _f(None, "token cache folder (default: $LMVALUE_CACHE or ~/.cache/lmvalue)")
 
     def problems(self) -> list[str]:
         out = []

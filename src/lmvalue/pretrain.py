@@ -15,6 +15,7 @@ from lmvalue.config import PretrainConfig, save_yaml
 from lmvalue.data.annotate import TokenizedCorpus, join_words, tokenize_annotated
 from lmvalue.data.layout import layout_rows
 from lmvalue.data.packing import BlockBatches, eval_batches, pack_blocks, split_documents
+from lmvalue.data.shards import TokenCache, cached_blocks, cached_tokens
 from lmvalue.data.sources import iter_texts, load_tagged_texts, load_texts
 from lmvalue.errors import DataError
 from lmvalue.loop import make_accelerator, param_checksum, train_loop
@@ -117,6 +118,8 @@ class PretrainingData:
     tag_labels: list[str] | None
     seed: int
     stats: dict = field(default_factory=dict)
+    token_cache: TokenCache | None = None  # the corpus is memory-mapped from the token cache
+    cache_dir: str | None = None
     _cache: dict = field(default_factory=dict)
 
     def train(self, epoch: int) -> dict[str, np.ndarray]:
@@ -124,15 +127,39 @@ class PretrainingData:
         key = epoch if self.layout["pair_kind"] else 0
         if key not in self._cache:
             self._cache.clear()  # one epoch at a time
-            self._cache[key] = layout_rows(self.corpus, self.train_docs, seed=(self.seed, key), **self.layout)
+            if self.token_cache is not None and not self.layout["pair_kind"] and not self.corpus.fields:
+                blocks = cached_blocks(
+                    self.token_cache,
+                    self.train_docs,
+                    self.layout["block_size"],
+                    sep_id=self.layout["sep_id"],
+                    cls_id=self.layout["cls_id"],
+                    cache_dir=self.cache_dir,
+                )
+                self._cache[key] = {"input_ids": blocks}
+            else:
+                self._cache[key] = layout_rows(
+                    self.corpus, self.train_docs, seed=(self.seed, key), **self.layout
+                )
         return self._cache[key]
 
 
 def _read_corpus(
     cfg: PretrainConfig, tokenizer, needs: set[str]
-) -> tuple[TokenizedCorpus, list[str] | None, int]:
-    """Tokenize the corpus with the annotations ``needs`` asks for; return it, the tag vocabulary and
-    the number of characters."""
+) -> tuple[TokenizedCorpus, list[str] | None, int, TokenCache | None, dict]:
+    """Tokenize the corpus with the annotations ``needs`` asks for; return it, the tag vocabulary,
+    the number of characters, the token-cache entry (or None) and tokenization stats."""
+    if not needs and cfg.data.cache and getattr(tokenizer, "backend_tokenizer", None) is not None:
+        kwargs = _source_kwargs(cfg)
+        try:
+            entry, stats = cached_tokens(
+                lambda: iter_texts(cfg.data.source, **kwargs), tokenizer, cache_dir=cfg.data.cache_dir
+            )
+        except DataError:
+            load_texts(cfg.data.source, **kwargs)  # the source's own message for an empty corpus
+            raise
+        corpus = TokenizedCorpus(ids=entry.ids, offsets=entry.offsets)
+        return corpus, None, entry.info["characters"], entry, stats
     fields = []
     if "word_start" in needs:
         fields.append("word_start")
@@ -153,8 +180,12 @@ def _read_corpus(
         del tagged
     else:
         texts = load_texts(cfg.data.source, **_source_kwargs(cfg))
+    t0 = time.perf_counter()
     corpus = tokenize_annotated(texts, tokenizer, fields=fields, word_tags=word_tags)
-    return corpus, tag_labels, sum(len(t) for t in texts)
+    dt = time.perf_counter() - t0
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    stats = {"hit": False, "tokenize_s": round(dt, 3), "mb_per_s": round(n_bytes / 1e6 / max(dt, 1e-9), 2)}
+    return corpus, tag_labels, sum(len(t) for t in texts), None, stats
 
 
 def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) -> PretrainingData:
@@ -162,7 +193,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
     both parts out as packed blocks or sentence pairs."""
     t0 = time.perf_counter()
     needs = needs or set()
-    corpus, tag_labels, n_chars = _read_corpus(cfg, tokenizer, needs)
+    corpus, tag_labels, n_chars, token_cache, tok_stats = _read_corpus(cfg, tokenizer, needs)
     train_docs, eval_docs = split_documents(len(corpus.offsets) - 1, cfg.data.eval_fraction, cfg.train.seed)
     decoder = is_decoder(cfg.model.arch) if not cfg.model.init_from else tokenizer.cls_token_id is None
     sep = tokenizer.eos_token_id if decoder else tokenizer.sep_token_id
@@ -177,7 +208,14 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
         pad_id=tokenizer.pad_token_id,
         pair_kind=next((n for n in cfg.objective.names if n in PAIR_OBJECTIVES), None),
     )
-    held_out = layout_rows(corpus, eval_docs, seed=(cfg.train.seed, 10**6), **layout)
+    packed_eval_docs = eval_docs
+    if token_cache is not None:
+        # Only the documents of the first eval_max_blocks blocks (the same blocks as without the
+        # cache): reading every held-out document of a memory-mapped corpus would map most of it.
+        need = (limit + 1) * bs
+        covered = np.cumsum(corpus.offsets[eval_docs + 1] - corpus.offsets[eval_docs] + 1)
+        packed_eval_docs = eval_docs[: int(np.searchsorted(covered, need)) + 1]
+    held_out = layout_rows(corpus, packed_eval_docs, seed=(cfg.train.seed, 10**6), **layout)
     if len(held_out["input_ids"]) == 0:
         raise DataError(
             f"the held-out documents ({len(eval_docs)}) do not fill one block of {bs} tokens; "
@@ -189,11 +227,13 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
         eval_docs=eval_docs,
         layout=layout,
         held_out={k: v[:limit] for k, v in held_out.items()},
-        packed_held_out=pack_blocks(corpus.ids, corpus.offsets, eval_docs, bs, sep_id=sep, cls_id=cls)[
+        packed_held_out=pack_blocks(corpus.ids, corpus.offsets, packed_eval_docs, bs, sep_id=sep, cls_id=cls)[
             :limit
         ],
         tag_labels=tag_labels,
         seed=cfg.train.seed,
+        token_cache=token_cache,
+        cache_dir=cfg.data.cache_dir,
     )
     data.stats = {
         "documents": int(len(corpus.offsets) - 1),
@@ -202,6 +242,8 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
         "train_blocks": int(len(data.train(0)["input_ids"])),
         "eval_blocks": int(len(data.held_out["input_ids"])),
         "tokenize_s": round(time.perf_counter() - t0, 2),
+        "tokenize_mb_per_s": tok_stats.get("mb_per_s"),
+        "token_cache": ("hit" if tok_stats["hit"] else "written") if token_cache is not None else "off",
     }
     if layout["pair_kind"]:
         data.stats["layout"] = f"{layout['pair_kind']} pairs"
