@@ -153,6 +153,7 @@ def test_report_contains_plot_table_and_verdict(tmp_path):
     summary = summarize(cells)
     text = verdict(summary, corpus_desc="7 MB of reviews")
     assert "pretrained:mlm" in text and "labels" in text and "stops paying off above 100 labels" in text
+    assert "1 run(s) failed and are left out" in text
     html_path, md_path = write_report(tmp_path, summary, {"name": "t", "overlap_text": "0 of 3"}, text)
     page = html_path.read_text()
     assert "<img id='learning-curves'" in page and "data:image/png;base64," in page
@@ -196,3 +197,10 @@ def test_models_that_predict_one_class_are_flagged_in_table_and_verdict(tmp_path
     for c in cells:
         c["metrics"] = {"predicted_classes": 2}
     assert "Caution" not in verdict(summarize(cells))
+
+
+def test_a_failed_pretrained_arm_is_named_in_the_verdict():
+    cells = _cells({"scratch": {10: [0.5, 0.52], 100: [0.6, 0.61]}})
+    arms = {"pretrained:mlm": {"status": "failed", "info": {}, "error": "KeyError: x"}}
+    text = verdict(summarize(cells, arms))
+    assert "No pretrained arm was compared with scratch (pretrained:mlm: preparing the arm failed" in text

@@ -173,8 +173,11 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
                     f"Against the TF-IDF baseline at {focus_budget} labels, {comp['arm']} is {d[0] * 100:+.1f} points."
                 )
     if not sentences:
+        failed = [f["what"] for f in summary.get("failures", []) if f["what"].endswith("preparing the arm")]
+        why = f" ({'; '.join(failed)} failed: see Failures)" if failed else ""
         return (
-            "No pretrained arm was compared with scratch, so the study cannot say what pretraining was worth."
+            f"No pretrained arm was compared with scratch{why}, so the study cannot say what "
+            "pretraining was worth."
         )
     if summary.get("one_class_cells"):
         n = sum(d["seeds"] for d in summary["one_class_cells"])
@@ -184,6 +187,8 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             "that involve them say more about the fine-tuning recipe than about pretraining "
             "(more steps or train.lr_search may help)."
         )
+    if summary.get("failures"):
+        sentences.append(f"{len(summary['failures'])} run(s) failed and are left out: see Failures.")
     return " ".join(sentences)
 
 
