@@ -218,6 +218,7 @@ def main() -> None:
                 "lmvalue, full output projection": {"objective.sparse_head": False},
                 "lmvalue, bf16 autocast": {"train.precision": "bf16"},
                 "lmvalue, bf16, dropout 0": {"train.precision": "bf16", "model.dropout": 0.0},
+                "lmvalue, torch.compile": {"train.compile": True},
             }
             for name, extra in rows.items():
                 print(f"running {name} ...", flush=True)

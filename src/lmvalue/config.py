@@ -195,6 +195,9 @@ class TrainConfig:
     log_every: int = _f(10, "log training loss every N steps")
     precision: str = _f("auto", "auto (bf16 on capable GPUs, else fp32) | fp32 | bf16 | fp16")
     threads: int | None = _f(None, "CPU threads for torch (default: all cores of this process)")
+    compile: bool = _f(
+        False, "torch.compile the training forward pass (compiles for a while first; see docs/performance.md)"
+    )
     progress: bool = _f(True, "show a progress bar")
     resume: bool = _f(False, "continue the run in output_dir from its last checkpoint")
     overwrite: bool = _f(False, "replace a finished or unfinished run in output_dir")

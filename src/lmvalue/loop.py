@@ -200,6 +200,9 @@ def train_loop(
             _set_rng_state(torch.load(rng_file, weights_only=False))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    # Only the training forward is compiled; evaluation, saving and unwrapping use the module itself
+    # (the compiled wrapper shares its parameters).
+    forward_model = torch.compile(model, dynamic=True) if cfg.compile else model
     base_lrs = [cfg.lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     warmup = cfg.warmup if cfg.warmup < 1 else cfg.warmup / cfg.max_steps
 
@@ -302,7 +305,7 @@ def train_loop(
             sync = micro % cfg.grad_accum == 0
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():
-                parts = loss_fn(model, batch)
+                parts = loss_fn(forward_model, batch)
                 loss = parts["loss"]
                 accelerator.backward(loss / cfg.grad_accum)
             state.batch_in_epoch += 1
