@@ -69,6 +69,13 @@ def test_shipped_configs_parse(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# lmvalue "), "every preset opens with the command that runs it"
     command = first.split()[2]
+    if command == "prompt":  # templates and verbalizer, not a run config
+        from lmvalue.prompting import PromptSpec
+
+        assert f"--prompt configs/{path.name}" in first, "the first line is the command that uses this file"
+        spec = PromptSpec.load(path)
+        assert spec.templates and len(spec.labels) >= 2
+        return
     assert command in COMMAND_CONFIGS, f"{path.name} opens with an unknown command {command!r}"
     assert f"--config configs/{path.name}" in first, "the first line is the command that runs this file"
     cfg = build_config(COMMAND_CONFIGS[command], yaml_path=path)
