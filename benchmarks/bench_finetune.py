@@ -28,18 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import torch  # noqa: E402
-
-
-class StepTimer:
-    def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps = warmup, steps
-        self.t0 = self.seconds = None
-
-    def mark(self, step: int) -> None:
-        if step == self.warmup:
-            self.t0 = time.perf_counter()
-        elif step == self.warmup + self.steps and self.t0 is not None:
-            self.seconds = time.perf_counter() - self.t0
+from bench_pretrain import StepTimer  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def mean_tokens(texts, tok, max_length: int) -> float:

@@ -55,30 +55,29 @@ def study_kwargs(labeled_csv, out) -> dict:
     }
 
 
-def test_killed_study_resumes_without_losing_or_repeating_cells(labeled_csv, tmp_path):
-    out = tmp_path / "study"
-    log = tmp_path / "cells.log"
-    kw = study_kwargs(labeled_csv, out)
-    proc = subprocess.run(
-        [sys.executable, "-c", FAKE, json.dumps(kw), str(log), "5"],
+def run_fake(kw: dict, log: Path, *, kill_at: int) -> subprocess.CompletedProcess:
+    """The study with the fake cell runner in a child process, SIGKILLed at cell ``kill_at`` (0: never)."""
+    return subprocess.run(
+        [sys.executable, "-c", FAKE, json.dumps(kw), str(log), str(kill_at)],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_killed_study_resumes_without_losing_or_repeating_cells(labeled_csv, tmp_path):
+    out = tmp_path / "study"
+    log = tmp_path / "cells.log"
+    kw = study_kwargs(labeled_csv, out)
+    proc = run_fake(kw, log, kill_at=5)
     assert proc.returncode == -9, proc.stderr[-2000:]
     reg = Registry(out / "results.sqlite")
     assert len(reg.finished()) == 4  # cells 1-4 finished; the 5th was killed while running
     reg.close()
 
     kw["resume"] = True
-    proc = subprocess.run(
-        [sys.executable, "-c", FAKE, json.dumps(kw), str(log), "0"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_fake(kw, log, kill_at=0)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = log.read_text().splitlines()
     assert len(runs) == 9 and len(set(runs)) == 8  # 8 cells; only the killed one ran twice

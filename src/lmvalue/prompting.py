@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -224,12 +223,6 @@ def load_masked_lm(ref: str):
     path = resolve_checkpoint(ref)
     model = AutoModelForMaskedLM.from_pretrained(path)
     return model, load_tokenizer(path)
-
-
-def zero_shot(model_ref: str, examples: Sequence[dict], spec: PromptSpec, **kw) -> list[dict]:
-    """Predictions of a masked LM asked the task's cloze question, without any labeled data."""
-    model, tokenizer = load_masked_lm(model_ref)
-    return ClozeScorer(model, tokenizer, spec, **kw).predict(list(examples))
 
 
 def evaluate_zero_shot(
