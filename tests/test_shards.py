@@ -97,3 +97,20 @@ def test_pretraining_reads_the_cache_and_a_second_run_hits_it(tiny_pretrain_over
     for m in (second, off):
         assert m["data"]["train_blocks"] == first["data"]["train_blocks"]
         assert m["evals"][-1]["eval_loss"] == pytest.approx(first["evals"][-1]["eval_loss"], abs=1e-6)
+
+
+def test_a_tokenizer_that_truncates_does_not_cut_documents(texts, zh_tokenizer_dir, tmp_path):
+    """A checkpoint's tokenizer.json may carry truncation (all-MiniLM-L6-v2 cuts at 128 tokens):
+    pretraining packs whole documents, so neither the cache nor the in-memory path may cut them."""
+    from lmvalue.data.annotate import tokenize_annotated
+
+    tok = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
+    ids, offsets = tokenize_corpus(texts, tok)
+    assert np.diff(offsets).max() > 20
+    cutting = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
+    cutting.backend_tokenizer.enable_truncation(max_length=8)
+    entry, _ = cached_tokens(lambda: iter(texts), cutting, cache_dir=tmp_path)
+    assert np.array_equal(entry.offsets, offsets) and np.array_equal(entry.ids, ids)
+    annotated = tokenize_annotated(texts, cutting)
+    assert np.array_equal(annotated.offsets, offsets)
+    assert cutting.backend_tokenizer.truncation is not None  # the caller's tokenizer is untouched

@@ -149,7 +149,9 @@ def tokenize_annotated(
         raise ValueError("tag_labels need word_tags (a segmented, tagged corpus)")
     # The Rust tokenizer directly: no per-call Python overhead and no max-length warnings
     # (documents are packed afterwards, so their length does not matter here).
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    from lmvalue.data.shards import whole_document_backend
+
+    backend = whole_document_backend(tokenizer)
     words = None  # per document: where its words begin (None: the tokenizer's own words)
     if word_tags is not None:
         word_tags = list(word_tags)

@@ -35,7 +35,7 @@ from lmvalue.errors import DataError
 
 log = logging.getLogger("lmvalue")
 
-FORMAT = 1  # bump when the layout of a cache entry changes
+FORMAT = 2  # bump when the layout or content of an entry changes (2: documents are never truncated)
 CHUNK_DOCS = 20_000  # documents per packing chunk
 TOKENIZE_DOCS = 2_000  # documents per encode_batch call: the Encoding objects are large
 
@@ -45,6 +45,22 @@ def cache_root(explicit: str | Path | None = None) -> Path:
         return Path(explicit).expanduser()
     env = os.environ.get("LMVALUE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lmvalue"
+
+
+def whole_document_backend(tokenizer):
+    """The fast tokenizer's Rust backend without its truncation and padding settings.
+
+    A checkpoint's ``tokenizer.json`` may carry them (all-MiniLM-L6-v2 truncates at 128 tokens);
+    pretraining tokenizes whole documents and packs them afterwards, so it must not cut them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or (backend.truncation is None and backend.padding is None):
+        return backend
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -123,7 +139,7 @@ def cached_tokens(
 
 
 def _tokenize_to(folder: Path, texts: Iterable[str], tokenizer, *, n_docs, n_chars, n_bytes) -> None:
-    backend = tokenizer.backend_tokenizer
+    backend = whole_document_backend(tokenizer)
     vocab = backend.get_vocab_size(with_added_tokens=True)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
     folder.parent.mkdir(parents=True, exist_ok=True)
