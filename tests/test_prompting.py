@@ -175,3 +175,125 @@ def test_cli_zero_shot_writes_metrics_and_refuses_unmapped_labels(zh_tok, zh_tok
     assert "does not map to words" in capsys.readouterr().err
     assert main(["prompt", "-m", str(model_dir), "--test", str(test)]) == 2
     assert "give --template and --verbalizer" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    import random
+
+    from lmvalue.data.budget import dedupe
+    from lmvalue.data.sources import load_labeled
+
+    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
+    random.Random(0).shuffle(examples)
+    return examples
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm_dir(char_tokenizer_dir, tmp_path_factory):
+    """A randomly initialised tiny masked LM saved as a Hugging Face folder."""
+    tok = AutoTokenizer.from_pretrained(char_tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    folder = tmp_path_factory.mktemp("mlm") / "model"
+    BertForMaskedLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def prompt_run(out, model_dir, method, **kw):
+    from lmvalue.config import FinetuneConfig, build_config
+
+    return build_config(
+        FinetuneConfig,
+        overrides={
+            "model.init_from": str(model_dir),
+            "method.name": method,
+            "data.source": "demo:zh-reviews",
+            "data.test_size": 200,
+            "data.max_length": 64,
+            "train.output_dir": str(out),
+            "train.progress": False,
+            **kw,
+        },
+    )
+
+
+def test_pet_trains_the_cloze_scores_and_reloads_for_predict(reviews, tiny_mlm_dir, tmp_path):
+    """PET through `lmvalue finetune`: the label-word scores at the mask are the classifier. A tiny
+    random masked LM starts near chance and learns the task from 400 reviews; the saved folder
+    (masked LM + prompt.yaml) loads for predict and gives the same test predictions."""
+    from lmvalue.finetune import finetune
+    from lmvalue.inference import load_task_model, score
+
+    cfg = prompt_run(
+        tmp_path / "pet",
+        tiny_mlm_dir,
+        "pet",
+        **{"budget.train_size": 500, "train.lr": 2e-3, "train.max_steps": 150, "train.min_steps": 150},
+    )
+    m = finetune(cfg, train_examples=reviews[:3000])
+    first = m["evals"][0]
+    assert m["examples"] == {"pool": 2800, "train": 400, "dev": 100, "test": 200}
+    assert first["step"] == 0 and m["steps"] == 150 and m["train_tokens"] > 0
+    assert m["dev"]["accuracy"] >= 0.65, m["evals"]  # chance: 0.5 on 100 dev reviews
+    assert m["prompt"]["verbalizer"] == {"neg": ["差"], "pos": ["好", "不错"]}  # built-in prompt, label order
+    assert m["trainable_params"] == m["total_params"] > 0
+    task = load_task_model(tmp_path / "pet" / "model")
+    assert task.cloze is not None
+    pool, test = load_task_data_for(cfg, reviews[:3000])
+    again = score(task, test)
+    assert again["accuracy"] == pytest.approx(m["test"]["accuracy"])
+
+
+def load_task_data_for(cfg, examples):
+    from lmvalue.finetune import load_task_data
+
+    data = load_task_data(cfg, train_examples=examples)
+    return data.train, data.test
+
+
+def test_zero_shot_method_uses_no_training_and_matches_the_scorer(reviews, tiny_mlm_dir, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from lmvalue.finetune import finetune
+
+    spec = {"method.templates": ["{text}总之很{mask}。"], "method.verbalizer": "pos=好,neg=差"}
+    cfg = prompt_run(tmp_path / "zs", tiny_mlm_dir, "zero-shot", **{"budget.train_size": 50, **spec})
+    m = finetune(cfg, train_examples=reviews[:1000])
+    assert m["steps"] == 0 and m["trainable_params"] == 0 and m["train_flops"] == 0
+    _, test = load_task_data_for(cfg, reviews[:1000])
+    model = AutoModelForMaskedLM.from_pretrained(tiny_mlm_dir).eval()
+    scorer = ClozeScorer(
+        model,
+        AutoTokenizer.from_pretrained(tiny_mlm_dir),
+        PromptSpec.from_dict({"template": "{text}总之很{mask}。", "verbalizer": {"neg": "差", "pos": "好"}}),
+        max_length=64,
+    )
+    preds = [p["label"] for p in scorer.predict(test)]
+    assert m["test"]["accuracy"] == pytest.approx(np.mean([p == e["label"] for p, e in zip(preds, test)]))
+
+
+def test_prompt_methods_refuse_missing_prompts_and_unmapped_labels(reviews, tiny_mlm_dir, tmp_path):
+    from lmvalue.finetune import finetune
+
+    other = [{**e, "label": {"pos": "good", "neg": "bad"}[e["label"]]} for e in reviews[:600]]
+    cfg = prompt_run(tmp_path / "a", tiny_mlm_dir, "pet", **{"data.source": "x.csv"})
+    with pytest.raises(ConfigError, match="needs a prompt"):
+        finetune(cfg, train_examples=other)
+    cfg = prompt_run(
+        tmp_path / "b",
+        tiny_mlm_dir,
+        "pet",
+        **{"method.verbalizer": "good=好,meh=差", "method.templates": ["{text}很{mask}"]},
+    )
+    with pytest.raises(ConfigError, match="labels \\['bad'\\]"):
+        finetune(cfg, train_examples=other)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

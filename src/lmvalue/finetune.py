@@ -40,6 +40,7 @@ from lmvalue.inference import METHOD_FILE, TaskModel, check_labels, head_labels,
 from lmvalue.loop import make_accelerator, train_loop
 from lmvalue.methods import Method, MethodContext, get_method
 from lmvalue.models import check_vocab, count_parameters, preset_config
+from lmvalue.prompting import PROMPT_METHODS, fit_prompt, resolve_prompt
 from lmvalue.tasks import TaskSpec, _some, build_spec, infer_kind
 from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
 from lmvalue.tasks.metrics import summary
@@ -371,8 +372,11 @@ def finetune(
             "budget.dev_fraction or the budget, or set train.lr instead"
         )
     # Everything that can fail on bad input (data, checkpoint, labels) fails before anything is written.
+    prompted = method.name in PROMPT_METHODS
+    if prompted:
+        resolve_prompt(cfg.method, cfg.data.source, data.spec.labels)  # a bad prompt fails before any write
     start = prepare_network(cfg, data) if method.apply is not None else None
-    accelerator = make_accelerator(cfg.train) if method.apply is not None else None
+    accelerator = make_accelerator(cfg.train) if method.apply is not None or prompted else None
     main = accelerator is None or accelerator.is_main_process
     run = RunDir(cfg.train.output_dir)
     resume_from = run.prepare(resume=cfg.train.resume, overwrite=cfg.train.overwrite) if main else None
@@ -383,7 +387,9 @@ def finetune(
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json_atomic(run.path / "run.json", run_info(cfg, "running", started=started))
     try:
-        if start is None:
+        if prompted:
+            result = fit_prompt(cfg, data, run, accelerator)
+        elif start is None:
             result = _fit_tfidf(cfg, data, run)
         elif cfg.train.lr_search:
             result = _search_lr(cfg, data, method, run, start, accelerator)
@@ -401,8 +407,8 @@ def finetune(
         "metric": spec.metric,
         "labels": list(spec.labels),
         "method": method.name,
-        "start": "none" if start is None else (cfg.model.init_from or f"preset:{cfg.model.preset}"),
-        "from_scratch": start is not None and bool(cfg.model.from_scratch),
+        "start": "none" if method.name == "tfidf" else (cfg.model.init_from or f"preset:{cfg.model.preset}"),
+        "from_scratch": method.name != "tfidf" and bool(cfg.model.from_scratch),
         "seed": cfg.train.seed,
         "budget_seed": data.info["budget_seed"],
         "test_score": test.get(spec.metric),
@@ -411,7 +417,7 @@ def finetune(
         "dev": summary(dev),
         "examples": {k: data.info[k] for k in ("pool", "train", "dev", "test")},
         **result,
-        "flops_formula": FLOPS_FORMULA if start is not None else None,
+        "flops_formula": FLOPS_FORMULA if start is not None else ("6·N × train_tokens" if prompted else None),
         "wall_seconds": round(time.perf_counter() - wall0, 3),
         "cpu_seconds": round(time.process_time() - cpu0, 3),
         "data": data.info,

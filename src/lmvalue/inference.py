@@ -36,6 +36,7 @@ class TaskModel:
     model: torch.nn.Module | None = None  # a network ...
     tokenizer: object = None
     pipeline: object = None  # ... or a TF-IDF pipeline
+    cloze: object = None  # ... or a cloze prompt of a masked LM (lmvalue.prompting.ClozeScorer)
     max_length: int = 128
     batch_size: int = 64
 
@@ -46,6 +47,8 @@ class TaskModel:
             from lmvalue.methods import tfidf
 
             return list(tfidf.probabilities(self.pipeline, examples, self.spec.labels))
+        if self.cloze is not None:
+            return list(self.cloze.probabilities(examples))
         items = encode(examples, self.spec, self.tokenizer, self.max_length, with_labels=False)
         logits = predict_logits(self.model, items, self.tokenizer.pad_token_id, batch_size=self.batch_size)
         out = []
@@ -191,6 +194,20 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
         from lmvalue.methods import tfidf
 
         return TaskModel(spec=TaskSpec.load(folder), pipeline=tfidf.load(folder), batch_size=batch_size)
+    if name in ("zero-shot", "pet"):
+        from transformers import AutoModelForMaskedLM
+
+        from lmvalue.prompting import PROMPT_FILE, ClozeScorer, PromptSpec
+
+        model = AutoModelForMaskedLM.from_pretrained(str(folder)).eval()
+        scorer = ClozeScorer(
+            model,
+            load_tokenizer(folder),
+            PromptSpec.load(folder / PROMPT_FILE),
+            max_length=max_length,
+            batch_size=batch_size,
+        )
+        return TaskModel(spec=TaskSpec.load(folder), cloze=scorer, batch_size=batch_size)
 
     if (folder / "adapter_config.json").is_file() and not (folder / "base").is_dir():
         # a peft adapter folder made elsewhere: the base is named in its config

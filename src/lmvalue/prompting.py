@@ -14,6 +14,7 @@ Hugging Face folder or a hub name.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from lmvalue.errors import ConfigError
+
+log = logging.getLogger("lmvalue")
 
 MASK_SLOT = "{mask}"
 
@@ -157,52 +160,95 @@ class ClozeScorer:
         return ids, positions
 
     # -- scoring ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def mask_log_probs(self, examples: list[dict], template: str, n_masks: int) -> list[torch.Tensor]:
-        """Per example: log-probabilities (n_masks, vocab) at its mask positions."""
-        self.model.eval()
-        encoded = [self.encode(ex, template, n_masks) for ex in examples]
-        out: list[torch.Tensor] = [None] * len(examples)  # type: ignore[list-item]
-        order = sorted(range(len(examples)), key=lambda i: len(encoded[i][0]))
-        device = next(self.model.parameters()).device
+    @property
+    def views(self) -> list[tuple[int, int]]:
+        """(template index, number of mask tokens): one forward pass per view and example."""
+        return [(t, k) for t in range(len(self.spec.templates)) for k in self.lengths]
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """A batch of every view of ``examples``: ``v{j}_ids`` / ``v{j}_attn`` (B, T_j) and
+        ``v{j}_pos`` (B, k) mask positions, plus ``attention_mask`` (all views side by side, for
+        counting tokens) and ``labels`` (B,) when the examples carry one of the spec's labels."""
         pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            width = max(len(encoded[i][0]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                seq = encoded[i][0]
+        batch: dict[str, torch.Tensor] = {}
+        masks = []
+        for j, (t, k) in enumerate(self.views):
+            encoded = [self.encode(ex, self.spec.templates[t], k) for ex in examples]
+            width = max(len(ids) for ids, _ in encoded)
+            ids = torch.full((len(examples), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(examples), width), dtype=torch.long)
+            for r, (seq, _) in enumerate(encoded):
                 ids[r, : len(seq)] = torch.tensor(seq)
                 attn[r, : len(seq)] = 1
-            logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for r, i in enumerate(rows):
-                out[i] = logp[r, encoded[i][1]].cpu()
-        return out
+            batch[f"v{j}_ids"], batch[f"v{j}_attn"] = ids, attn
+            batch[f"v{j}_pos"] = torch.tensor([pos for _, pos in encoded], dtype=torch.long).reshape(-1, k)
+            masks.append(attn)
+        batch["attention_mask"] = torch.cat(masks, dim=1)
+        index = {label: i for i, label in enumerate(self.spec.labels)}
+        if examples and all(ex.get("label") in index for ex in examples):
+            batch["labels"] = torch.tensor([index[ex["label"]] for ex in examples], dtype=torch.long)
+        return batch
 
-    def label_scores(self, examples: list[dict]) -> np.ndarray:
-        """(N, L) scores: per template, each label's best word by mean token log-probability,
-        log-softmax over labels; averaged over templates."""
+    def batch_scores(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L) label scores of a :meth:`collate` batch, differentiable (PET trains on them).
+
+        Per template: each label's best word by the mean log-probability of its tokens at the mask
+        positions (the vocabulary projection runs at those positions only), log-softmax over the
+        labels; the templates are averaged."""
+        from lmvalue.objectives.forward import Encoded
+
         labels = self.spec.labels
-        total = np.zeros((len(examples), len(labels)))
-        for template in self.spec.templates:
-            raw = np.full((len(examples), len(labels)), -math.inf)
-            for k in self.lengths:
-                logps = self.mask_log_probs(examples, template, k)
-                for j, label in enumerate(labels):
+        n = batch["v0_ids"].shape[0]
+        total = None
+        for t in range(len(self.spec.templates)):
+            per_label: list[list[torch.Tensor]] = [[] for _ in labels]  # (B,) scores of each word
+            for j, (tj, k) in enumerate(self.views):
+                if tj != t:
+                    continue
+                pos = batch[f"v{j}_pos"]  # (B, k)
+                inputs = {"input_ids": batch[f"v{j}_ids"], "attention_mask": batch[f"v{j}_attn"]}
+                encoded = Encoded(model, inputs)
+                selected = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+                selected.scatter_(1, pos, True)
+                # boolean selection is row-major: the k masks of a row come out in position order
+                logp = torch.log_softmax(encoded.lm_logits(selected).float(), dim=-1).view(n, k, -1)
+                steps = torch.arange(k, device=logp.device)
+                for li, label in enumerate(labels):
                     for word in self.word_ids[label]:
-                        if len(word) != k:
-                            continue
-                        idx = torch.tensor(word)
-                        s = np.array([lp[torch.arange(k), idx].mean().item() for lp in logps])
-                        raw[:, j] = np.maximum(raw[:, j], s)
-            total += raw - np.logaddexp.reduce(raw, axis=1, keepdims=True)
+                        if len(word) == k:
+                            idx = torch.tensor(word, device=logp.device)
+                            per_label[li].append(logp[:, steps, idx].mean(dim=1))
+            raw = torch.stack([torch.stack(words, 1).amax(1) for words in per_label], dim=1)  # (B, L)
+            part = raw - torch.logsumexp(raw, dim=1, keepdim=True)
+            total = part if total is None else total + part
         return total / len(self.spec.templates)
 
+    @torch.no_grad()
+    def label_scores(self, examples: list[dict], model=None) -> np.ndarray:
+        """(N, L) scores of :meth:`batch_scores` for raw examples (batched by length)."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].get("text") or ""))
+        out = np.zeros((len(examples), len(self.spec.labels)))
+        try:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.collate([examples[i] for i in rows])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out[rows] = self.batch_scores(model, batch).cpu().numpy()
+        finally:
+            model.train(was_training)
+        return out
+
+    def probabilities(self, examples: list[dict], model=None) -> np.ndarray:
+        """(N, L) label probabilities (softmax of the scores)."""
+        scores = self.label_scores(examples, model)
+        return np.exp(scores - np.logaddexp.reduce(scores, axis=1, keepdims=True))
+
     def predict(self, examples: list[dict]) -> list[dict]:
-        scores = self.label_scores(examples)
-        probs = np.exp(scores - np.logaddexp.reduce(scores, axis=1, keepdims=True))
+        probs = self.probabilities(examples)
         labels = self.spec.labels
         return [
             {
@@ -286,3 +332,267 @@ def evaluate_zero_shot(
                 f.write(json.dumps({"text": ex["text"], "gold": ex["label"], **p}, ensure_ascii=False) + "\n")
     result["report_text"] = scores["report_text"]
     return result
+
+
+# --- prompts as fine-tuning methods: zero-shot and PET -------------------------------------------
+
+PROMPT_METHODS = ("zero-shot", "pet")
+PROMPT_FILE = "prompt.yaml"
+
+# Prompts for the built-in demo data, used when a run gives none.
+BUILTIN_PROMPTS = {
+    "demo:zh-reviews": {
+        "templates": ["{text}总之，这个东西很{mask}。", "{mask}！{text}"],
+        "verbalizer": {"pos": ["好", "不错"], "neg": ["差"]},
+    },
+}
+
+
+def resolve_prompt(method_cfg, source: str | None, labels: list[str] | tuple[str, ...]) -> PromptSpec:
+    """The run's :class:`PromptSpec` (``method.prompt`` file, or ``method.templates`` +
+    ``method.verbalizer``, or the built-in prompt of a demo source), its verbalizer put in the
+    task's label order.
+
+    Raises:
+        ConfigError: no prompt given, or a label of the data without label words.
+    """
+    if method_cfg.prompt:
+        path = Path(method_cfg.prompt).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"method.prompt: {path} is not a file (a YAML with templates: and verbalizer:)")
+        spec = PromptSpec.load(path)
+    elif method_cfg.templates or method_cfg.verbalizer:
+        if not (method_cfg.templates and method_cfg.verbalizer):
+            raise ConfigError("give both method.templates and method.verbalizer (or method.prompt FILE.yaml)")
+        spec = PromptSpec.from_dict(
+            {"templates": method_cfg.templates, "verbalizer": parse_verbalizer(method_cfg.verbalizer)}
+        )
+    elif source in BUILTIN_PROMPTS:
+        spec = PromptSpec.from_dict(BUILTIN_PROMPTS[source])
+    else:
+        raise ConfigError(
+            f"method {method_cfg.name} needs a prompt: method.prompt FILE.yaml (templates: [...], "
+            "verbalizer: {label: [words]}), or method.templates '{text} It was {mask}.' with "
+            "method.verbalizer 'pos=great,neg=terrible'"
+        )
+    missing = [lab for lab in labels if lab not in spec.verbalizer]
+    if missing:
+        raise ConfigError(
+            f"the data has labels {missing} that the verbalizer does not map to words (it maps "
+            f"{spec.labels}); add them, e.g. '{missing[0]}=WORD'"
+        )
+    return PromptSpec(templates=spec.templates, verbalizer={lab: spec.verbalizer[lab] for lab in labels})
+
+
+class PromptBatches(torch.utils.data.Dataset):
+    """Cloze batches of labeled examples for one epoch and one process (see
+    :class:`lmvalue.tasks.encode.LabeledBatches`, whose order and split it follows)."""
+
+    def __init__(
+        self, examples: list[dict], scorer: ClozeScorer, batch_size: int, *, seed, epoch, rank=0, world=1
+    ):
+        from lmvalue.data.packing import batch_generator
+
+        self.examples, self.scorer, self.batch_size = examples, scorer, batch_size
+        self.rank, self.world = rank, world
+        self.order = torch.randperm(len(examples), generator=batch_generator(seed, epoch, 7)).numpy()
+        per_step = batch_size * world
+        self.n_batches = math.ceil(len(examples) / per_step) if world == 1 else len(examples) // per_step
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, i: int) -> dict:
+        start = (i * self.world + self.rank) * self.batch_size
+        return self.scorer.collate([self.examples[j] for j in self.order[start : start + self.batch_size]])
+
+
+def _start_mlm(mcfg, seed: int):
+    """(masked LM, tokenizer) to prompt: the checkpoint, or its architecture freshly initialised."""
+    from transformers import AutoModelForMaskedLM
+
+    from lmvalue.finetune import resolve_checkpoint
+    from lmvalue.tokenizer import load_tokenizer
+
+    if not mcfg.init_from:
+        raise ConfigError("prompting needs a masked-LM checkpoint: set model.init_from")
+    path = resolve_checkpoint(mcfg.init_from)
+    if mcfg.from_scratch:
+        from transformers import AutoConfig
+
+        torch.manual_seed(seed)
+        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(path))
+    else:
+        model = AutoModelForMaskedLM.from_pretrained(path)
+    return model, load_tokenizer(path)
+
+
+def fit_prompt(cfg, data, run, accelerator) -> dict:
+    """``method.name`` ``zero-shot`` (no training) or ``pet`` (the cloze scores trained with
+    cross-entropy on the budget's train split, the best dev evaluation kept; PET, Schick & Schütze
+    2021): the result dict :func:`lmvalue.finetune.finetune` expects."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from lmvalue.finetune import _save_common, forward_parameters, run_steps
+    from lmvalue.inference import TaskModel, score
+    from lmvalue.loop import train_loop
+    from lmvalue.models import count_parameters
+
+    task_spec = data.spec
+    if task_spec.kind == "tagging":
+        raise ConfigError(
+            f"method {cfg.method.name} classifies whole inputs; tagging tasks need another method"
+        )
+    prompt = resolve_prompt(cfg.method, cfg.data.source, task_spec.labels)
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    eval_batch = max(64, cfg.train.batch_size)
+
+    def fresh():
+        model, tokenizer = _start_mlm(cfg.model, cfg.train.seed)
+        return model, ClozeScorer(
+            model, tokenizer, prompt, max_length=cfg.data.max_length, batch_size=eval_batch
+        )
+
+    def view(scorer):
+        return TaskModel(spec=task_spec, cloze=scorer, batch_size=eval_batch)
+
+    model, scorer = fresh()
+    trainable, total = count_parameters(model)
+    n_fwd, _ = forward_parameters(model)
+    result = {
+        "lr": None,
+        "trainable_params": 0,
+        "total_params": total,
+        "train_flops": 0.0,
+        "train_seconds": 0.0,
+        "train_cpu_seconds": 0.0,
+        "steps": 0,
+        "train_tokens": 0,
+        "prompt": dataclasses.asdict(prompt),
+        "model_dir": None,
+        "merged_dir": None,
+    }
+    if cfg.method.name == "pet":
+        if not data.train:
+            raise ConfigError("pet trains on labeled examples: the budget left none for training")
+        rates = cfg.train.lr_search or [cfg.train.lr]
+        tried, best = [], None
+        for i, lr in enumerate(rates):
+            if i > 0:
+                model, scorer = fresh()
+            sub = run if len(rates) == 1 else _sub_run(run, lr)
+            trained = _train_pet(
+                cfg, data, scorer, model, lr, sub, accelerator, rank, world, F, train_loop, run_steps
+            )
+            dev = trained["dev_score"]
+            tried.append({"lr": lr, "dev_score": dev, "best_step": trained["best_step"]})
+            if len(rates) > 1:
+                log.info("lr_search: lr=%g -> dev %s %.4f", lr, task_spec.metric, dev)
+            if best is None or dev > best[0]:
+                best = (dev, lr, trained, model, scorer)
+        _, lr, trained, model, scorer = best
+        model = accelerator.unwrap_model(trained["model"])
+        scorer.model = model
+        state = trained["state"]
+        result.update(
+            lr=lr,
+            trainable_params=trainable,
+            train_flops=float(6 * n_fwd * state.tokens),
+            train_seconds=round(state.elapsed, 3),
+            train_cpu_seconds=round(trained["cpu_s"], 3),
+            steps=state.step,
+            train_tokens=state.tokens,
+            stop_reason=state.stop_reason,
+            best_step=state.best_step,
+            evals=state.evals,
+        )
+        if len(rates) > 1:
+            result["lr_search"] = tried
+    task = view(scorer)
+    result["dev_scores"] = score(task, data.dev) if data.dev else {}
+    result["test_scores"] = score(task, data.test, out_dir=run.path if main else None, name="test")
+    if cfg.train.save_model and main:
+
+        def write(folder: Path):
+            model.save_pretrained(folder, safe_serialization=True)
+            import yaml
+
+            (folder / PROMPT_FILE).write_text(
+                yaml.safe_dump(dataclasses.asdict(prompt), allow_unicode=True, sort_keys=False),
+                encoding="utf-8",
+            )
+            _save_common(folder, cfg, task_spec, cfg.method.name, scorer.tokenizer)
+
+        result["model_dir"] = str(run.write_dir_atomic("model", write))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _sub_run(run, lr: float):
+    from lmvalue.checkpoint import RunDir
+
+    sub = RunDir(run.path / "lr_search" / f"lr-{lr:g}")
+    sub.path.mkdir(parents=True, exist_ok=True)
+    return sub
+
+
+def _train_pet(cfg, data, scorer, model, lr, run, accelerator, rank, world, F, train_loop, run_steps) -> dict:
+    import dataclasses
+    import time
+
+    from lmvalue.tasks.metrics import classification_scores
+
+    steps, eval_every = run_steps(cfg, len(data.train), world)
+    loop_cfg = dataclasses.replace(cfg.train, max_steps=steps, eval_every=eval_every, lr=lr)
+    labels = list(scorer.spec.labels)
+    metric = data.spec.metric
+
+    def evaluate(m) -> dict:
+        if not data.dev:
+            return {}
+        probs = scorer.probabilities(data.dev, m)
+        scores = classification_scores(
+            [e["label"] for e in data.dev], [labels[int(i)] for i in probs.argmax(1)], labels
+        )
+        return {f"eval_{k}": v for k, v in scores.items() if isinstance(v, int | float) and k != "examples"}
+
+    def loss_fn(m, batch) -> dict:
+        return {"loss": F.cross_entropy(scorer.batch_scores(m, batch), batch["labels"])}
+
+    def epoch_batches(epoch: int):
+        return PromptBatches(
+            data.train, scorer, cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch, rank=rank, world=world
+        )
+
+    def save_checkpoint(m, folder: Path):
+        m.config.to_json_file(str(folder / "config.json"))
+        torch.save(m.state_dict(), folder / "weights.pt")
+
+    def load_checkpoint(m, folder: Path):
+        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+
+    cpu0 = time.process_time()
+    state = train_loop(
+        model=model,
+        loss_fn=loss_fn,
+        epoch_batches=epoch_batches,
+        evaluate=evaluate,
+        cfg=loop_cfg,
+        run=run,
+        accelerator=accelerator,
+        save_model=save_checkpoint,
+        load_model=load_checkpoint,
+        monitor=f"eval_{metric}",
+        mode="max",
+    )
+    dev = state.best if state.best is not None else float("-inf")
+    return {
+        "model": model,
+        "state": state,
+        "dev_score": dev,
+        "best_step": state.best_step,
+        "cpu_s": time.process_time() - cpu0,
+    }

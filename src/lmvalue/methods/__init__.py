@@ -5,7 +5,8 @@ is a configuration error. ``full`` trains every weight; ``lora``, ``adalora``, `
 ``prompt-tuning`` are thin over ``peft``; ``prefix`` and ``adapter`` are small implementations of
 our own (``peft``'s prefix tuning relies on ``past_key_values`` arguments that BERT no longer takes
 in transformers 5, and ``peft`` has no bottleneck adapters; the maintained ``adapters`` library
-pins transformers 4.x). ``tfidf`` is the classical baseline and trains no network.
+pins transformers 4.x). ``tfidf`` is the classical baseline and trains no network; ``zero-shot`` and ``pet`` prompt a masked
+LM with a cloze template (:mod:`lmvalue.prompting`).
 
 Parameter-efficient methods save only what they train (adapter weights *and* the task head) in
 the model folder, next to a copy of the untouched base model in ``base/``, so a folder is complete
@@ -125,6 +126,11 @@ METHODS: dict[str, Method] = {
         load=adapters.load,
     ),
     "tfidf": Method("tfidf", "TF-IDF n-grams + logistic regression (scikit-learn)", apply=None),
+    # Prompt methods ask a masked LM the task as a cloze question (lmvalue.prompting).
+    "zero-shot": Method(
+        "zero-shot", "cloze prompt of the masked LM, no training (labels only score it)", apply=None
+    ),
+    "pet": Method("pet", "cloze prompt whose label-word scores are trained on the budget (PET)", apply=None),
 }
 
 
