@@ -278,7 +278,9 @@ def test_zero_shot_method_uses_no_training_and_matches_the_scorer(reviews, tiny_
         max_length=64,
     )
     preds = [p["label"] for p in scorer.predict(test)]
-    assert m["test"]["accuracy"] == pytest.approx(np.mean([p == e["label"] for p, e in zip(preds, test)]))
+    assert m["test"]["accuracy"] == pytest.approx(
+        np.mean([p == e["label"] for p, e in zip(preds, test, strict=True)])
+    )
 
 
 def test_prompt_methods_refuse_missing_prompts_and_unmapped_labels(reviews, tiny_mlm_dir, tmp_path):

@@ -184,7 +184,7 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
         output_dir=str(tmp_path / "study"),
         data=str(labeled_csv),
         test_size=100,
-        arms=["scratch", "pretrained:mlm", "tfidf"],
+        arms=["scratch", "pretrained:mlm", "tfidf", "prompt:zero", "prompt:pet"],
         budgets=[16, 64],
         seeds=2,
         preset="tiny",
@@ -204,18 +204,30 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
             "train.min_steps": 15,
             "train.batch_size": 8,
             "data.max_length": 64,
+            "method.templates": ["{text}总之很{mask}。"],  # used by the prompt arms only
+            "method.verbalizer": "pos=好,neg=差",
         },
     )
     summary = run_study(cfg)
     assert not summary["failures"], summary["failures"]
-    assert sorted(summary["curves"]) == ["pretrained:mlm", "scratch", "tfidf"]
+    assert sorted(summary["curves"]) == ["pretrained:mlm", "prompt:pet", "prompt:zero", "scratch", "tfidf"]
     assert all(len(v) == 2 for curve in summary["curves"].values() for v in curve.values())
     reg = Registry(tmp_path / "study" / "results.sqlite")
     cells = reg.cells()
     arms = reg.arms()
     reg.close()
-    assert len(cells) == 12
-    neural = [c for c in cells if c["arm"] != "tfidf"]
+    assert len(cells) == 20
+    by_arm = {}
+    for c in cells:
+        by_arm.setdefault(c["arm"], []).append(c)
+    assert all(c["metrics"]["steps"] == 0 and not c["trainable_params"] for c in by_arm["prompt:zero"])
+    # zero-shot uses no label: the same test predictions at every budget of a seed
+    assert len({c["score"] for c in by_arm["prompt:zero"]}) == 1
+    assert all(c["metrics"]["steps"] == 15 for c in by_arm["prompt:pet"])
+    assert sorted(p.name for p in (tmp_path / "study" / "arms").iterdir()) == [
+        "pretrained_mlm"
+    ]  # one pretraining
+    neural = [c for c in cells if c["arm"] not in ("tfidf", "prompt:zero")]
     assert all(c["trainable_params"] and c["train_flops"] and c["wall_s"] > 0 for c in neural)
     assert arms["pretrained:mlm"]["info"]["pretrain_tokens"] > 0
     assert (tmp_path / "study" / "arms" / "pretrained_mlm" / "model" / "config.json").is_file()

@@ -202,7 +202,10 @@ def cmd_value(args):
         vocab_size=args.vocab_size,
         pretrain_minutes=args.pretrain_minutes,
         pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
-        finetune_overrides=_study_overrides(args.finetune, "--finetune"),
+        finetune_overrides={
+            **({"method.prompt": args.prompt} if args.prompt else {}),
+            **_study_overrides(args.finetune, "--finetune"),
+        },
         resume=args.resume,
         overwrite=args.overwrite,
     )
@@ -414,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=int, default=2000, help="carved test examples (default 2000)")
     p.add_argument("--corpus", help="unlabeled text for pretraining (default: the training pool's texts)")
     p.add_argument(
-        "--arms", nargs="+", default=["scratch", "pretrained:mlm", "tfidf"], help="arms to compare"
+        "--arms",
+        nargs="+",
+        default=["scratch", "pretrained:mlm", "tfidf"],
+        help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora",
     )
     p.add_argument(
         "--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)"
@@ -432,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pretrain", nargs="*", metavar="KEY=VALUE", help="pretraining overrides for every arm")
     p.add_argument("--finetune", nargs="*", metavar="KEY=VALUE", help="fine-tuning overrides for every cell")
+    p.add_argument(
+        "--prompt",
+        help="templates and verbalizer (YAML) for the prompt:zero / prompt:pet arms (docs/prompting.md)",
+    )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--output", "-o", default="runs/study", help="study folder (default runs/study)")

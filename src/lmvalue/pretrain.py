@@ -17,7 +17,7 @@ from lmvalue.data.layout import layout_rows
 from lmvalue.data.packing import BlockBatches, eval_batches, pack_blocks, split_documents
 from lmvalue.data.shards import TokenCache, cached_blocks, cached_tokens
 from lmvalue.data.sources import iter_texts, load_tagged_texts, load_texts
-from lmvalue.errors import DataError
+from lmvalue.errors import ConfigError, DataError
 from lmvalue.loop import make_accelerator, param_checksum, train_loop
 from lmvalue.models import build_lm, count_parameters, is_decoder
 from lmvalue.objectives import (
@@ -250,11 +250,16 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
     return data
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
+def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=None) -> dict:
     """Run self-supervised pretraining as configured; return the final metrics.
 
     The final model is saved in ``<output_dir>/model`` and loads with
     ``transformers.AutoModelForMaskedLM`` (or ``AutoModelForCausalLM`` for decoders).
+
+    Continual runs (:mod:`lmvalue.continual`) pass ``replay`` (``{"blocks": old packed blocks,
+    "share": s}``: that share of every batch is old text) and ``regularizer``
+    (``(model, tokenizer) -> penalty(model)``, called once the starting weights are loaded; the
+    penalty is added to the loss and logged as ``reg_loss``).
     """
     # Unknown or incompatible objectives fail here, before a tokenizer is trained.
     check_objectives(cfg.objective.names, None if cfg.model.init_from else cfg.model.arch)
@@ -294,6 +299,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
     objectives = build_objectives(cfg.objective, tokenizer, model=model, tag_labels=data.tag_labels)
     trainee = ObjectiveModule(model, objectives)
     trainable, total = count_parameters(model)
+    penalty = regularizer(model, tokenizer) if regularizer is not None else None
+    if replay is not None and (data.layout["pair_kind"] or data.corpus.fields):
+        raise ConfigError(
+            "replay mixes packed blocks of plain text: use it with mlm or clm objectives "
+            f"(not {'+'.join(cfg.objective.names)})"
+        )
     if accelerator.is_main_process:
         log.info(
             "data: %(documents)d documents, %(tokens)d tokens -> %(train_blocks)d train / %(eval_blocks)d held-out blocks",
@@ -310,6 +321,20 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     def epoch_batches(epoch: int):
         rows = data.train(epoch)
+        if replay is not None:
+            from lmvalue.continual import MixedBatches
+
+            return MixedBatches(
+                rows["input_ids"],
+                replay["blocks"],
+                cfg.train.batch_size,
+                replay["share"],
+                seed=cfg.train.seed,
+                epoch=epoch,
+                prepare=objectives.prepare,
+                rank=rank,
+                world=world,
+            )
         return BlockBatches(
             rows["input_ids"],
             cfg.train.batch_size,
@@ -351,11 +376,18 @@ def pretrain(cfg: PretrainConfig) -> dict:
             )
         return metrics
 
+    def loss_fn(m, batch):
+        parts = m(batch)
+        if penalty is not None:
+            reg = penalty(model)
+            parts = {**parts, "reg_loss": reg.detach(), "loss": parts["loss"] + reg}
+        return parts
+
     save = save_hf(model, tokenizer, cfg)
     t0 = time.perf_counter()
     state = train_loop(
         model=trainee,
-        loss_fn=lambda m, batch: m(batch),
+        loss_fn=loss_fn,
         epoch_batches=epoch_batches,
         evaluate=evaluate,
         cfg=cfg.train,

@@ -44,7 +44,10 @@ from lmvalue.value.report import summarize, verdict, write_report
 
 log = logging.getLogger("lmvalue")
 
-ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", "tfidf")
+ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", "tfidf", "prompt")
+# prompt:zero / prompt:pet ask the study's own masked LM (the pretrained:mlm arm's pretraining) a
+# cloze question; any other starting point takes the method as a suffix, e.g. checkpoint:NAME/pet.
+PROMPT_ARMS = {"zero": "zero-shot", "pet": "pet"}
 
 
 @dataclass
@@ -75,6 +78,13 @@ def parse_arm(spec: str) -> Arm:
         raise ConfigError(f"arm {spec!r} needs an argument, e.g. {hint[kind]}")
     if kind == "tfidf" and method:
         raise ConfigError(f"arm {spec!r}: tfidf has no fine-tuning method")
+    if kind == "prompt":
+        if arg not in PROMPT_ARMS or method:
+            raise ConfigError(
+                f"arm {spec!r}: a prompt arm is prompt:zero (zero-shot cloze) or prompt:pet (PET on the "
+                "budget); for another masked LM use its arm with the method, e.g. checkpoint:NAME/pet"
+            )
+        return Arm(name=spec, kind=kind, arg=arg, method=PROMPT_ARMS[arg])
     return Arm(
         name=spec, kind=kind, arg=arg or None, method=method or ("tfidf" if kind == "tfidf" else "full")
     )
@@ -400,6 +410,8 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     from lmvalue.config import PretrainConfig, build_config
     from lmvalue.pretrain import pretrain
 
+    if arm.kind == "prompt":  # the study's own masked LM: the same pretraining as pretrained:mlm
+        arm = Arm(name="pretrained:mlm", kind="pretrained", arg="mlm", method=arm.method)
     # Named after the arm without its method: pretrained:mlm/full and pretrained:mlm/lora share one pretraining.
     run_dir = study_dir / "arms" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", arm.name.partition("/")[0])
     overrides = {
