@@ -64,6 +64,12 @@ def test_unknown_and_badly_typed_options():
 COMMAND_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 
+def _flat(d, prefix=""):
+    from lmvalue.continual import _flat as flat
+
+    return flat(d, prefix)
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
@@ -75,6 +81,14 @@ def test_shipped_configs_parse(path):
         assert f"--prompt configs/{path.name}" in first, "the first line is the command that uses this file"
         spec = PromptSpec.load(path)
         assert spec.templates and len(spec.labels) >= 2
+        return
+    if command == "continual":  # stages of pretraining runs
+        from lmvalue.continual import ContinualConfig
+
+        assert f"--config configs/{path.name}" in first
+        cfg = ContinualConfig.load(path)
+        assert cfg.stages
+        build_config(PretrainConfig, overrides=_flat(cfg.pretrain))
         return
     assert command in COMMAND_CONFIGS, f"{path.name} opens with an unknown command {command!r}"
     assert f"--config configs/{path.name}" in first, "the first line is the command that runs this file"

@@ -137,3 +137,14 @@ def test_two_stage_run_measures_both_stages_with_replay_and_ewc(tmp_path):
     again = run_continual(tiny_stages(tmp_path, resume=True, replay=0.25, regularizer="ewc", reg_weight=0.1))
     assert again["held_out_loss"][0] == [None, None]
     np.testing.assert_allclose(again["held_out_loss"][1:], losses[1:], atol=1e-6)  # the same models, kept
+
+
+def test_cli_refuses_a_bad_config_with_one_message(tmp_path, capsys):
+    from lmvalue.cli import main
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("stages: [demo:zh-news]\nreplay: 2\n", encoding="utf-8")
+    assert main(["continual", "--config", str(bad), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "replay=2" in err and "[0, 1)" in err
+    assert not (tmp_path / "out").exists()

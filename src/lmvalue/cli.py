@@ -317,6 +317,39 @@ def cmd_predict(args):
         print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
 
 
+def cmd_continual(args):
+    from lmvalue.continual import ContinualConfig, run_continual
+
+    overrides = {}
+    for key in ("replay", "regularizer", "reg_weight"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.output:
+        overrides["output_dir"] = args.output
+    if args.resume:
+        overrides["resume"] = True
+    if args.overwrite:
+        overrides["overwrite"] = True
+    cfg = ContinualConfig.load(args.config, overrides)
+    r = run_continual(cfg)
+    width = max(len(c) for c in r["corpora"])
+    print("held-out LM loss (lower is better):")
+    print(" " * 34 + "  ".join(c.rjust(max(8, width)) for c in r["corpora"]))
+    for label, row in zip(r["rows"], r["held_out_loss"], strict=True):
+        cells = "  ".join(("-" if v is None else f"{v:.4f}").rjust(max(8, width)) for v in row)
+        print(f"{label[:32]:32s}  {cells}")
+    for corpus, delta in r["forgetting"].items():
+        print(f"forgetting on {corpus}: loss {delta:+.4f} since it was learned")
+    if r["bwt"] is not None:
+        print(
+            f"BWT {r['bwt']:+.4f} (negative: forgetting)"
+            + (f", FWT {r['fwt']:+.4f}" if r["fwt"] is not None else "")
+        )
+    print(
+        f"metrics: {Path(cfg.output_dir) / 'metrics.json'}; plot: {Path(cfg.output_dir) / 'forgetting.png'}"
+    )
+
+
 def cmd_prompt(args):
     from lmvalue.prompting import PromptSpec, evaluate_zero_shot, parse_verbalizer
 
@@ -526,6 +559,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=64, help="inputs per batch (default 64)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "continual",
+        help="continued pretraining on new text, stage by stage, measuring forgetting",
+        description="Pretrain a model on a sequence of corpora (each stage starts from the previous one), "
+        "optionally with replay of earlier text or L2-SP/EWC regularization, and measure the held-out "
+        "loss on every corpus before and after each stage (BWT/FWT). See docs/continual.md.",
+    )
+    p.add_argument(
+        "--config", "-c", required=True, help="YAML: stages, previous, replay, regularizer, pretrain"
+    )
+    p.add_argument("--replay", type=float, help="share of every batch drawn from earlier corpora (0..1)")
+    p.add_argument(
+        "--regularizer", choices=["none", "l2sp", "ewc"], help="pull towards the stage's start weights"
+    )
+    p.add_argument("--reg-weight", dest="reg_weight", type=float, help="regularization weight")
+    p.add_argument("--output", "-o", help="output folder (overrides output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sequence")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_continual)
 
     p = sub.add_parser(
         "prompt",
