@@ -299,3 +299,78 @@ def test_prompt_methods_refuse_missing_prompts_and_unmapped_labels(reviews, tiny
     with pytest.raises(ConfigError, match="labels \\['bad'\\]"):
         finetune(cfg, train_examples=other)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_in_context_scores_equal_a_hand_computation(zh_tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmvalue.prompting import InContextScorer
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(zh_tok), n_embd=32, n_layer=2, n_head=2, n_positions=256)
+    ).eval()
+    spec = PromptSpec.from_dict(
+        {"template": "{text}总之很{mask}。", "verbalizer": {"pos": ["好"], "neg": ["差", "不好"]}}
+    )
+    demos = [{"text": "物流很快", "label": "pos"}, {"text": "质量太差", "label": "neg"}]
+    scorer = InContextScorer(model, zh_tok, spec, demos, max_length=128, seed=0)
+    query = {"text": "还可以"}
+    got = scorer.label_scores([query])[0]
+
+    def ids_of(s):
+        return zh_tok(s, add_special_tokens=False)["input_ids"]
+
+    nl = ids_of("\n")
+    ctx = []
+    for d in scorer.demos:  # in the scorer's (seeded) order; first word of the label
+        word = ids_of({"pos": "好", "neg": "差"}[d["label"]])
+        ctx += ids_of(d["text"] + "总之很") + word + ids_of("。") + nl
+    ctx += ids_of("还可以总之很")
+    raw = []
+    for words in (["好"], ["差", "不好"]):
+        best = -np.inf
+        for w in words:
+            cont = ids_of(w) + ids_of("。")
+            seq = ctx + cont
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0], -1)
+            lp = sum(logp[len(ctx) + i - 1, t].item() for i, t in enumerate(cont))
+            best = max(best, lp / len(ids_of(w)))
+        raw.append(best)
+    raw = np.array(raw)
+    np.testing.assert_allclose(got, raw - np.logaddexp.reduce(raw), atol=1e-5)
+    assert sorted(d["text"] for d in scorer.demos) == sorted(d["text"] for d in demos)
+    # a prompt longer than max_length is cut from the demonstrations, never from the query's end
+    short = InContextScorer(model, zh_tok, spec, demos * 20, max_length=40)
+    ctx = short.context(query, spec.templates[0], 36)
+    assert len(ctx) <= 36 and ctx[-len(ids_of("还可以总之很")) :] == ids_of("还可以总之很")
+
+
+def test_in_context_method_uses_the_budget_as_demonstrations_and_reloads(reviews, zh_tokenizer_dir, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmvalue.finetune import finetune
+    from lmvalue.inference import load_task_model, score
+
+    tok = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
+    torch.manual_seed(0)
+    folder = tmp_path / "clm"
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=256)
+    ).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = prompt_run(
+        tmp_path / "icl",
+        folder,
+        "in-context",
+        **{"budget.per_class": 3, "budget.dev_fraction": 0.0, "data.max_length": 200, "data.test_size": 60},
+    )
+    m = finetune(cfg, train_examples=reviews[:600])
+    assert m["examples"]["train"] == 6 and m["steps"] == 0 and m["trainable_params"] == 0
+    task = load_task_model(tmp_path / "icl" / "model")
+    assert sorted(d["text"] for d in task.cloze.demos) == sorted(
+        e["text"] for e in load_task_data_for(cfg, reviews[:600])[0]
+    )
+    _, test = load_task_data_for(cfg, reviews[:600])
+    assert score(task, test)["accuracy"] == pytest.approx(m["test"]["accuracy"])

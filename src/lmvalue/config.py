@@ -362,7 +362,8 @@ class BudgetConfig:
 @dataclass
 class MethodConfig:
     name: str = _f(
-        "full", "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | zero-shot | pet"
+        "full",
+        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | zero-shot | pet | in-context",
     )
     merge: bool = _f(False, "also write merged/, a plain transformers model with the adapter folded in")
     lora_r: int = _f(8, "lora: rank of the update")
@@ -389,12 +390,13 @@ class MethodConfig:
         [0.1, 1.0, 10.0], "tfidf: inverse regularization strengths tried on the dev split"
     )
     prompt: str | None = _f(
-        None, "zero-shot/pet: YAML file with templates: [...] and verbalizer: {label: [words]}"
+        None, "zero-shot/pet/in-context: YAML file with templates: [...] and verbalizer: {label: [words]}"
     )
     templates: list[str] | None = _f(
-        None, "zero-shot/pet: cloze templates with {text} and one {mask} (instead of method.prompt)"
+        None,
+        "zero-shot/pet/in-context: cloze templates with {text} and one {mask} (instead of method.prompt)",
     )
-    verbalizer: str | None = _f(None, "zero-shot/pet: label words, e.g. 'pos=好|不错,neg=差'")
+    verbalizer: str | None = _f(None, "zero-shot/pet/in-context: label words, e.g. 'pos=好|不错,neg=差'")
 
     def problems(self) -> list[str]:
         from lmvalue.methods import METHODS

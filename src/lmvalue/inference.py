@@ -194,6 +194,21 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
         from lmvalue.methods import tfidf
 
         return TaskModel(spec=TaskSpec.load(folder), pipeline=tfidf.load(folder), batch_size=batch_size)
+    if name == "in-context":
+        from transformers import AutoModelForCausalLM
+
+        from lmvalue.prompting import DEMOS_FILE, PROMPT_FILE, InContextScorer, PromptSpec
+
+        demos = [json.loads(line) for line in (folder / DEMOS_FILE).read_text(encoding="utf-8").splitlines()]
+        scorer = InContextScorer(
+            AutoModelForCausalLM.from_pretrained(str(folder)).eval(),
+            load_tokenizer(folder),
+            PromptSpec.load(folder / PROMPT_FILE),
+            demos,
+            max_length=max_length,
+        )
+        scorer.demos = demos  # saved in their prompt order
+        return TaskModel(spec=TaskSpec.load(folder), cloze=scorer, batch_size=batch_size)
     if name in ("zero-shot", "pet"):
         from transformers import AutoModelForMaskedLM
 

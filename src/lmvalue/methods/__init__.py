@@ -131,6 +131,11 @@ METHODS: dict[str, Method] = {
         "zero-shot", "cloze prompt of the masked LM, no training (labels only score it)", apply=None
     ),
     "pet": Method("pet", "cloze prompt whose label-word scores are trained on the budget (PET)", apply=None),
+    "in-context": Method(
+        "in-context",
+        "causal LM prompted with the budget's examples as demonstrations, no training",
+        apply=None,
+    ),
 }
 
 
