@@ -36,7 +36,7 @@ def mean_tokens(texts, tok, max_length: int) -> float:
     return sum(len(x) for x in enc["input_ids"]) / len(texts)
 
 
-def bench_hf_finetune(train, tok_dir, preset, args) -> dict:
+def bench_hf_finetune(train, tok_dir, preset, args, *, bf16: bool = False) -> dict:
     from datasets import Dataset
     from transformers import (
         AutoTokenizer,
@@ -82,6 +82,7 @@ def bench_hf_finetune(train, tok_dir, preset, args) -> dict:
             report_to="none",
             disable_tqdm=True,
             use_cpu=True,
+            bf16=bf16,
             seed=0,
         )
         Trainer(
@@ -184,22 +185,41 @@ def main() -> None:
         tok = load_tokenizer(tok_dir)
         per_ex = mean_tokens([e["text"] for e in train[:5000]], tok, args.max_length)
         print(f"mean real tokens per training example: {per_ex:.1f}")
+        from lmvalue.loop import resolve_precision
+
+        auto = resolve_precision("auto")
+        print(f"lmvalue's precision=auto resolves to {auto} on this machine", flush=True)
+        rows = {}
         print("fine-tuning: Hugging Face Trainer ...", flush=True)
-        hf = bench_hf_finetune(train, tok_dir, MODEL_PRESETS[args.preset], args)
-        print("fine-tuning: lmvalue finetune ...", flush=True)
-        ours = bench_lmvalue_finetune(train, test, tok_dir, args, Path(tmp) / "ft")
-        print("fine-tuning: lmvalue finetune, bf16 autocast ...", flush=True)
-        bf16 = bench_lmvalue_finetune(
-            train, test, tok_dir, args, Path(tmp) / "ft-bf16", {"train.precision": "bf16"}
-        )
+        rows["HF Trainer"] = bench_hf_finetune(train, tok_dir, MODEL_PRESETS[args.preset], args)
+        if auto == "bf16":
+            print("fine-tuning: Hugging Face Trainer, bf16=True ...", flush=True)
+            rows["HF Trainer, bf16=True"] = bench_hf_finetune(
+                train, tok_dir, MODEL_PRESETS[args.preset], args, bf16=True
+            )
+        print(f"fine-tuning: lmvalue finetune (defaults: {auto}) ...", flush=True)
+        rows["lmvalue finetune"] = bench_lmvalue_finetune(train, test, tok_dir, args, Path(tmp) / "ft")
+        if auto != "fp32":
+            print("fine-tuning: lmvalue finetune, fp32 ...", flush=True)
+            rows["lmvalue finetune, fp32"] = bench_lmvalue_finetune(
+                train, test, tok_dir, args, Path(tmp) / "ft-fp32", {"train.precision": "fp32"}
+            )
         print("prediction: pipeline vs lmvalue ...", flush=True)
         pred = bench_predict(Path(tmp) / "ft" / "model", [e["text"] for e in test], args)
     print()
-    print(f"{'fine-tuning':<22}{'examples/s':>12}{'tokens/s':>12}")
-    for name, r in (("HF Trainer", hf), ("lmvalue finetune", ours), ("lmvalue finetune, bf16", bf16)):
-        print(f"{name:<22}{r['examples_per_s']:>12.1f}{r['examples_per_s'] * per_ex:>12,.0f}")
-    print(f"lmvalue / HF Trainer: {ours['examples_per_s'] / hf['examples_per_s']:.2f}x (target >= 1.5x)")
-    print(f"lmvalue bf16 / HF Trainer: {bf16['examples_per_s'] / hf['examples_per_s']:.2f}x")
+    print(f"{'fine-tuning':<26}{'examples/s':>12}{'tokens/s':>12}{'vs HF':>8}")
+    base = rows["HF Trainer"]["examples_per_s"]
+    for name, r in rows.items():
+        print(
+            f"{name:<26}{r['examples_per_s']:>12.1f}{r['examples_per_s'] * per_ex:>12,.0f}"
+            f"{r['examples_per_s'] / base:>7.2f}x"
+        )
+    ours = rows["lmvalue finetune"]["examples_per_s"]
+    print(f"lmvalue (defaults, {auto}) / HF Trainer: {ours / base:.2f}x (target >= 1.5x)")
+    if "HF Trainer, bf16=True" in rows:
+        print(
+            f"lmvalue (defaults) / HF Trainer with bf16=True: {ours / rows['HF Trainer, bf16=True']['examples_per_s']:.2f}x"
+        )
     print()
     print(f"{'prediction':<22}{'examples/s':>12}")
     print(f"{'HF pipeline':<22}{pred['hf_pipeline']:>12.1f}")

@@ -184,7 +184,7 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
         output_dir=str(tmp_path / "study"),
         data=str(labeled_csv),
         test_size=100,
-        arms=["scratch", "pretrained:mlm", "tfidf", "prompt:zero", "prompt:pet"],
+        arms=["scratch", "pretrained:mlm", "tfidf", "prompt:zero", "prompt:pet", "embeddings"],
         budgets=[16, 64],
         seeds=2,
         preset="tiny",
@@ -210,13 +210,20 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
     )
     summary = run_study(cfg)
     assert not summary["failures"], summary["failures"]
-    assert sorted(summary["curves"]) == ["pretrained:mlm", "prompt:pet", "prompt:zero", "scratch", "tfidf"]
+    assert sorted(summary["curves"]) == [
+        "embeddings",
+        "pretrained:mlm",
+        "prompt:pet",
+        "prompt:zero",
+        "scratch",
+        "tfidf",
+    ]
     assert all(len(v) == 2 for curve in summary["curves"].values() for v in curve.values())
     reg = Registry(tmp_path / "study" / "results.sqlite")
     cells = reg.cells()
     arms = reg.arms()
     reg.close()
-    assert len(cells) == 20
+    assert len(cells) == 24
     by_arm = {}
     for c in cells:
         by_arm.setdefault(c["arm"], []).append(c)
@@ -227,7 +234,9 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
     assert sorted(p.name for p in (tmp_path / "study" / "arms").iterdir()) == [
         "pretrained_mlm"
     ]  # one pretraining
-    neural = [c for c in cells if c["arm"] not in ("tfidf", "prompt:zero")]
+    assert all(c["metrics"]["accuracy"] > 0 for c in by_arm["embeddings"])
+    assert arms["embeddings"]["info"]["vectors"].endswith(".kv")
+    neural = [c for c in cells if c["arm"] not in ("tfidf", "prompt:zero", "embeddings")]
     assert all(c["trainable_params"] and c["train_flops"] and c["wall_s"] > 0 for c in neural)
     assert arms["pretrained:mlm"]["info"]["pretrain_tokens"] > 0
     assert (tmp_path / "study" / "arms" / "pretrained_mlm" / "model" / "config.json").is_file()

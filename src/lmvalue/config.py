@@ -193,7 +193,10 @@ class TrainConfig:
     patience: int | None = _f(None, "early stopping: stop after N evaluations without improvement")
     select_best: bool = _f(False, "save the weights of the best evaluation instead of the last")
     log_every: int = _f(10, "log training loss every N steps")
-    precision: str = _f("auto", "auto (bf16 on capable GPUs, else fp32) | fp32 | bf16 | fp16")
+    precision: str = _f(
+        "auto",
+        "auto (bf16 autocast on GPUs and CPUs with native bf16 support, else fp32) | fp32 | bf16 | fp16",
+    )
     threads: int | None = _f(None, "CPU threads for torch (default: all cores of this process)")
     compile: bool = _f(
         False, "torch.compile the training forward pass (compiles for a while first; see docs/performance.md)"
@@ -363,7 +366,7 @@ class BudgetConfig:
 class MethodConfig:
     name: str = _f(
         "full",
-        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | zero-shot | pet | in-context",
+        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | embeddings | zero-shot | pet | in-context",
     )
     merge: bool = _f(False, "also write merged/, a plain transformers model with the adapter folded in")
     lora_r: int = _f(8, "lora: rank of the update")
@@ -389,6 +392,14 @@ class MethodConfig:
     tfidf_c: list[float] = _f(
         [0.1, 1.0, 10.0], "tfidf: inverse regularization strengths tried on the dev split"
     )
+    vectors: str | None = _f(
+        None,
+        "embeddings: text to learn word vectors from (file, folder, demo:NAME; cached), or a vectors file "
+        "(.kv, word2vec .bin/.vec)",
+    )
+    vectors_dim: int = _f(200, "embeddings: vector size")
+    vectors_epochs: int = _f(5, "embeddings: word2vec passes over the text")
+    vectors_min_count: int = _f(3, "embeddings: ignore words seen fewer times")
     prompt: str | None = _f(
         None, "zero-shot/pet/in-context: YAML file with templates: [...] and verbalizer: {label: [words]}"
     )
@@ -418,6 +429,11 @@ class MethodConfig:
             out.append("method.adalora_tinit + method.adalora_tfinal must be in [0, 1)")
         if self.adapter_kind not in ("houlsby", "pfeiffer"):
             out.append(f"method.adapter_kind={self.adapter_kind!r} must be houlsby or pfeiffer")
+        if self.name == "embeddings" and not self.vectors:
+            out.append(
+                "method embeddings needs method.vectors: a text corpus to learn word vectors from (a file, "
+                "folder or demo:NAME), or a saved vectors file (.kv, word2vec .bin/.vec)"
+            )
         if self.tfidf_analyzer not in ("auto", "char", "word"):
             out.append(f"method.tfidf_analyzer={self.tfidf_analyzer!r} must be auto, char or word")
         if self.tfidf_ngrams is not None and (
@@ -465,7 +481,11 @@ class FinetuneConfig:
 
     def problems(self) -> list[str]:
         out = []
-        if self.method.name != "tfidf" and not self.model.init_from and not self.model.from_scratch:
+        if (
+            self.method.name not in ("tfidf", "embeddings")
+            and not self.model.init_from
+            and not self.model.from_scratch
+        ):
             out.append(
                 "no starting point: set model.init_from (a pretrained run, checkpoint folder or hub name), "
                 "or model.from_scratch=true (with model.init_from, or model.preset and model.tokenizer)"

@@ -37,7 +37,7 @@ from lmvalue.data.budget import carve_test, dedupe, draw_budget, input_key, labe
 from lmvalue.data.sources import load_labeled
 from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
 from lmvalue.inference import METHOD_FILE, TaskModel, check_labels, head_labels, score
-from lmvalue.loop import make_accelerator, train_loop
+from lmvalue.loop import make_accelerator, resolve_precision, train_loop
 from lmvalue.methods import Method, MethodContext, get_method
 from lmvalue.models import check_vocab, count_parameters, preset_config
 from lmvalue.prompting import PROMPT_METHODS, fit_prompt, resolve_prompt
@@ -390,7 +390,7 @@ def finetune(
         if prompted:
             result = fit_prompt(cfg, data, run, accelerator)
         elif start is None:
-            result = _fit_tfidf(cfg, data, run)
+            result = _fit_tfidf(cfg, data, run, method.name)
         elif cfg.train.lr_search:
             result = _search_lr(cfg, data, method, run, start, accelerator)
         else:
@@ -407,9 +407,12 @@ def finetune(
         "metric": spec.metric,
         "labels": list(spec.labels),
         "method": method.name,
-        "start": "none" if method.name == "tfidf" else (cfg.model.init_from or f"preset:{cfg.model.preset}"),
-        "from_scratch": method.name != "tfidf" and bool(cfg.model.from_scratch),
+        "start": "none"
+        if method.name in ("tfidf", "embeddings")
+        else (cfg.model.init_from or f"preset:{cfg.model.preset}"),
+        "from_scratch": method.name not in ("tfidf", "embeddings") and bool(cfg.model.from_scratch),
         "seed": cfg.train.seed,
+        "precision": resolve_precision(cfg.train.precision) if accelerator is not None else None,
         "budget_seed": data.info["budget_seed"],
         "test_score": test.get(spec.metric),
         "dev_score": dev.get(spec.metric),
@@ -448,8 +451,11 @@ def _save_common(folder: Path, cfg: FinetuneConfig, spec: TaskSpec, name: str, t
     save_yaml(cfg, folder / "lmvalue_config.yaml")
 
 
-def _fit_tfidf(cfg, data: TaskData, run: RunDir) -> dict:
-    from lmvalue.methods import tfidf
+def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
+    """``tfidf`` or ``embeddings``: features + logistic regression, C chosen on the dev split."""
+    from lmvalue.methods import embeddings, tfidf
+
+    trainer = embeddings if name == "embeddings" else tfidf
 
     spec = data.spec
 
@@ -457,19 +463,29 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir) -> dict:
         return score(TaskModel(spec=spec, pipeline=pipe), examples)[spec.metric]
 
     t0, c0 = time.perf_counter(), time.process_time()
-    pipe, fit_info = tfidf.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score)
+    pipe, fit_info = trainer.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     task = TaskModel(spec=spec, pipeline=pipe)
     dev_scores = score(task, data.dev) if data.dev else {}
     test_scores = score(task, data.test, out_dir=run.path, name="test")  # the one look at the test set
     n = tfidf.n_parameters(pipe)
-    log.info(
-        "tfidf: %s n-grams %s, %d features, C=%g",
-        fit_info["analyzer"],
-        fit_info["ngram_range"],
-        fit_info["features"],
-        fit_info["C"],
-    )
+    if name == "tfidf":
+        log.info(
+            "tfidf: %s n-grams %s, %d features, C=%g",
+            fit_info["analyzer"],
+            fit_info["ngram_range"],
+            fit_info["features"],
+            fit_info["C"],
+        )
+    else:
+        log.info(
+            "embeddings: %d words x %d dims (%s), %.0f%% of training inputs covered, C=%g",
+            fit_info["words"],
+            fit_info["dim"],
+            fit_info["segmentation"],
+            100 * fit_info["coverage"],
+            fit_info["C"],
+        )
     result = {
         "test_scores": test_scores,
         "dev_scores": dev_scores,
@@ -478,14 +494,14 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir) -> dict:
         "train_flops": None,
         "train_seconds": round(train_s, 3),
         "train_cpu_seconds": round(train_cpu, 3),
-        "tfidf": fit_info,
+        name: fit_info,
         "model_dir": None,
     }
     if cfg.train.save_model:
 
         def write(folder: Path):
             tfidf.save(pipe, folder)
-            _save_common(folder, cfg, spec, "tfidf")
+            _save_common(folder, cfg, spec, name)
 
         result["model_dir"] = str(run.write_dir_atomic("model", write))
     return result
@@ -594,7 +610,7 @@ def _train_network(
         on_step=on_step,
     )
     train_cpu = time.process_time() - cpu0
-    final = accelerator.unwrap_model(model)
+    final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if method.finalize:
         method.finalize(final)
     task = dataclasses.replace(dev_view, model=final)

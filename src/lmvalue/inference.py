@@ -190,7 +190,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     method_info = read_json(folder / METHOD_FILE) if (folder / METHOD_FILE).is_file() else {}
     name = method_info.get("name", "full")
     max_length = int(method_info.get("max_length", 128))
-    if name == "tfidf":
+    if name in ("tfidf", "embeddings"):
         from lmvalue.methods import tfidf
 
         return TaskModel(spec=TaskSpec.load(folder), pipeline=tfidf.load(folder), batch_size=batch_size)

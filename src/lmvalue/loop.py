@@ -47,14 +47,30 @@ class LoopState:
     stop_reason: str = ""
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16 autocast on GPUs that support it and on CPUs with native bf16 (fp32 master
+    weights and optimizer either way), else fp32; other values are kept."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def make_accelerator(cfg: TrainConfig):
     """An ``accelerate.Accelerator`` with the precision chosen for this hardware."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    precision = resolve_precision(cfg.precision)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -230,7 +246,7 @@ def train_loop(
     micro = 0
 
     def unwrapped():
-        return accelerator.unwrap_model(model)
+        return accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
     def save_checkpoint():
         nonlocal last_saved_step

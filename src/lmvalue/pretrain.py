@@ -18,7 +18,7 @@ from lmvalue.data.packing import BlockBatches, eval_batches, pack_blocks, split_
 from lmvalue.data.shards import TokenCache, cached_blocks, cached_tokens
 from lmvalue.data.sources import iter_texts, load_tagged_texts, load_texts
 from lmvalue.errors import ConfigError, DataError
-from lmvalue.loop import make_accelerator, param_checksum, train_loop
+from lmvalue.loop import make_accelerator, param_checksum, resolve_precision, train_loop
 from lmvalue.models import build_lm, count_parameters, is_decoder
 from lmvalue.objectives import (
     PAIR_OBJECTIVES,
@@ -399,7 +399,7 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
         num_workers=cfg.data.num_workers,
     )
     wall = time.perf_counter() - t0
-    final = accelerator.unwrap_model(model)
+    final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     first_eval = state.evals[0] if state.evals else {}
     metrics = {
         "objectives": objectives.names,
@@ -416,6 +416,7 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
         "data": data_stats,
         "parameters": {"total": total, "trainable": trainable},
         "processes": world,
+        "precision": resolve_precision(cfg.train.precision),
         "wall_seconds_this_session": round(wall, 2),
     }
     # Each process records what it saw and where it ended (checked by the multi-process test).

@@ -520,7 +520,7 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
             if best is None or dev > best[0]:
                 best = (dev, lr, trained, model, scorer)
         _, lr, trained, model, scorer = best
-        model = accelerator.unwrap_model(trained["model"])
+        model = accelerator.unwrap_model(trained["model"], keep_fp32_wrapper=False)
         scorer.model = model
         state = trained["state"]
         result.update(

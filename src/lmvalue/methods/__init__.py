@@ -126,6 +126,11 @@ METHODS: dict[str, Method] = {
         load=adapters.load,
     ),
     "tfidf": Method("tfidf", "TF-IDF n-grams + logistic regression (scikit-learn)", apply=None),
+    "embeddings": Method(
+        "embeddings",
+        "word2vec vectors learned from unlabeled text, averaged + logistic regression",
+        apply=None,
+    ),
     # Prompt methods ask a masked LM the task as a cloze question (lmvalue.prompting).
     "zero-shot": Method(
         "zero-shot", "cloze prompt of the masked LM, no training (labels only score it)", apply=None

@@ -16,7 +16,10 @@ Arms (``name[/method]``, method one of the fine-tuning methods, default ``full``
   ``pretrained:mlm+sop``...), then fine-tuned;
 * ``checkpoint:<path-or-hub-name>`` — an existing checkpoint as it is;
 * ``continued:<path-or-hub-name>`` — that checkpoint after continued pretraining on the corpus;
-* ``tfidf`` — TF-IDF + logistic regression.
+* ``tfidf`` — TF-IDF + logistic regression;
+* ``embeddings`` — word2vec vectors learned from the corpus, averaged + logistic regression (the
+  cheapest way unlabeled text can pay);
+* ``prompt:zero`` / ``prompt:pet`` — cloze prompting of the ``pretrained:mlm`` model.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from lmvalue.value.report import summarize, verdict, write_report
 
 log = logging.getLogger("lmvalue")
 
-ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", "tfidf", "prompt")
+ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", "tfidf", "embeddings", "prompt")
+NO_NETWORK = ("tfidf", "embeddings")
 # prompt:zero / prompt:pet ask the study's own masked LM (the pretrained:mlm arm's pretraining) a
 # cloze question; any other starting point takes the method as a suffix, e.g. checkpoint:NAME/pet.
 PROMPT_ARMS = {"zero": "zero-shot", "pet": "pet"}
@@ -76,8 +80,8 @@ def parse_arm(spec: str) -> Arm:
             "continued": "continued:bert-base-chinese",
         }
         raise ConfigError(f"arm {spec!r} needs an argument, e.g. {hint[kind]}")
-    if kind == "tfidf" and method:
-        raise ConfigError(f"arm {spec!r}: tfidf has no fine-tuning method")
+    if kind in NO_NETWORK and method:
+        raise ConfigError(f"arm {spec!r}: {kind} has no fine-tuning method")
     if kind == "prompt":
         if arg not in PROMPT_ARMS or method:
             raise ConfigError(
@@ -86,7 +90,7 @@ def parse_arm(spec: str) -> Arm:
             )
         return Arm(name=spec, kind=kind, arg=arg, method=PROMPT_ARMS[arg])
     return Arm(
-        name=spec, kind=kind, arg=arg or None, method=method or ("tfidf" if kind == "tfidf" else "full")
+        name=spec, kind=kind, arg=arg or None, method=method or (kind if kind in NO_NETWORK else "full")
     )
 
 
@@ -402,6 +406,21 @@ def prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict, registr
 def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dict:
     if arm.kind == "tfidf":
         return {}
+    if arm.kind == "embeddings":  # the vectors are learned once here (and cached) for every cell
+        from lmvalue.config import FinetuneConfig, build_config
+        from lmvalue.methods.embeddings import resolve_vectors
+
+        method = build_config(
+            FinetuneConfig,
+            overrides={
+                **cfg.finetune_overrides,
+                "method.name": "embeddings",
+                "method.vectors": str(data["corpus_path"]),
+            },
+        ).method
+        log.info("learning word vectors for arm %s ...", arm.name)
+        _, info = resolve_vectors(method, 0, cjk_hint=True)
+        return {"vectors": info["vectors"], "pretrain_seconds": info.get("train_seconds")}
     if arm.kind == "checkpoint":
         return {"model": arm.arg, "from_scratch": False}
     tok_dir = _study_tokenizer(cfg, study_dir, data["corpus_path"])
@@ -467,6 +486,9 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
         **cfg.finetune_overrides,
     }
     if arm.kind == "tfidf":
+        return overrides
+    if arm.kind == "embeddings":
+        overrides["method.vectors"] = state["vectors"]
         return overrides
     if state.get("from_scratch"):
         overrides["model.from_scratch"] = True
