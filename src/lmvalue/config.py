@@ -458,6 +458,11 @@ class FinetuneTrainConfig(TrainConfig):
         10, "evaluations on the dev split over the run (none: every train.eval_every steps)"
     )
     select_best: bool = _f(True, "keep the weights of the best dev evaluation instead of the last")
+    llrd: float | None = _f(
+        None,
+        "layer-wise learning-rate decay: the top layer and the head train at train.lr, each layer below "
+        "at this factor times the one above, the embeddings last (e.g. 0.8); none: one rate for all",
+    )
     lr_search: list[float] | None = _f(
         None,
         "train once per learning rate in this list and keep the run with the best dev score (replaces "
@@ -494,6 +499,8 @@ class FinetuneConfig:
             out.append(
                 "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"
             )
+        if self.train.llrd is not None and not 0 < self.train.llrd <= 1:
+            out.append(f"train.llrd={self.train.llrd} must be in (0, 1] (e.g. 0.8), or none")
         if self.train.min_steps > self.train.max_steps:
             out.append(
                 f"train.min_steps={self.train.min_steps} exceeds train.max_steps={self.train.max_steps}"

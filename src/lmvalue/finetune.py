@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,35 @@ def forward_parameters(model: torch.nn.Module) -> tuple[int, int]:
 # --- the recipe ----------------------------------------------------------------------------------
 
 
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+_EMBEDDING = re.compile(r"embed|\.wte\.|\.wpe\.")
+
+
+def llrd_groups(model: torch.nn.Module, decay: float, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups for layer-wise learning-rate decay (Howard & Ruder 2018; Sun et al.
+    2019): with L transformer layers, layer i trains at ``decay^(L - i)`` times the rate (``lr_scale``),
+    the embeddings at ``decay^(L + 1)``, everything above the layers (pooler, head, adapters outside
+    layers) at 1. Biases and norms get no weight decay, as in :func:`lmvalue.loop.build_optimizer`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    depths = [int(m.group(1)) for n, _ in named if (m := _LAYER.search(n))]
+    n_layers = max(depths) + 1 if depths else 0
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in named:
+        m = _LAYER.search(name)
+        if m:
+            scale = decay ** (n_layers - int(m.group(1)))
+        elif _EMBEDDING.search(name):
+            scale = decay ** (n_layers + 1)
+        else:
+            scale = 1.0
+        no_decay = p.ndim < 2 or "norm" in name.lower()
+        groups.setdefault((scale, no_decay), []).append(p)
+    return [
+        {"params": ps, "lr_scale": scale, "weight_decay": 0.0 if nd else weight_decay}
+        for (scale, nd), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
+    ]
+
+
 def run_steps(cfg: FinetuneConfig, n_train: int, world: int) -> tuple[int, int]:
     """(optimizer steps, evaluate every N steps) for a training split of ``n_train`` examples."""
     t = cfg.train
@@ -608,6 +638,7 @@ def _train_network(
         monitor=f"eval_{spec.metric}",
         mode="max",
         on_step=on_step,
+        param_groups=llrd_groups(model, cfg.train.llrd, cfg.train.weight_decay) if cfg.train.llrd else None,
     )
     train_cpu = time.process_time() - cpu0
     final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
