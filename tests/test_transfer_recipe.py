@@ -32,11 +32,11 @@ def test_llrd_groups_scale_each_layer_and_keep_every_weight_once():
 
 
 def test_a_run_takes_llrd_and_bad_values_are_refused(char_tokenizer_dir, tmp_path):
+    import random
+
     from lmvalue.data.budget import dedupe
     from lmvalue.data.sources import load_labeled
     from lmvalue.finetune import finetune
-
-    import random
 
     examples, _ = dedupe(load_labeled("demo:zh-reviews"))
     random.Random(0).shuffle(examples)

@@ -561,7 +561,8 @@ def demo_config(
         output_dir=output_dir,
         data="demo:zh-reviews",
         test_size=1000,
-        arms=["scratch", "pretrained:mlm", "tfidf"],
+        # embeddings: word2vec on the same unlabeled reviews, the cheapest way unlabeled text can pay
+        arms=["scratch", "pretrained:mlm", "tfidf", "embeddings"],
         budgets=[32, 100, 300, 1000],
         seeds=3,
         # Measured on 2 CPU cores: after equal minutes, the `tiny` BERT (2 layers, 128 hidden) reaches the
