@@ -276,6 +276,7 @@ def test_zero_shot_method_uses_no_training_and_matches_the_scorer(reviews, tiny_
         AutoTokenizer.from_pretrained(tiny_mlm_dir),
         PromptSpec.from_dict({"template": "{text}总之很{mask}。", "verbalizer": {"neg": "差", "pos": "好"}}),
         max_length=64,
+        calibrate=True,  # the default of method zero-shot
     )
     preds = [p["label"] for p in scorer.predict(test)]
     assert m["test"]["accuracy"] == pytest.approx(
@@ -341,6 +342,13 @@ def test_in_context_scores_equal_a_hand_computation(zh_tok):
     raw = np.array(raw)
     np.testing.assert_allclose(got, raw - np.logaddexp.reduce(raw), atol=1e-5)
     assert sorted(d["text"] for d in scorer.demos) == sorted(d["text"] for d in demos)
+    # calibrated: the empty query's scores (same demonstrations) subtracted before the log-softmax
+    both = scorer.label_scores([query, {"text": ""}])
+    cal = InContextScorer(model, zh_tok, spec, demos, max_length=128, seed=0, calibrate=True)
+    shifted = both[0] - both[1]
+    np.testing.assert_allclose(
+        cal.label_scores([query])[0], shifted - np.logaddexp.reduce(shifted), atol=1e-5
+    )
     # a prompt longer than max_length is cut from the demonstrations, never from the query's end
     short = InContextScorer(model, zh_tok, spec, demos * 20, max_length=40)
     ctx = short.context(query, spec.templates[0], 36)
@@ -374,3 +382,17 @@ def test_in_context_method_uses_the_budget_as_demonstrations_and_reloads(reviews
     )
     _, test = load_task_data_for(cfg, reviews[:600])
     assert score(task, test)["accuracy"] == pytest.approx(m["test"]["accuracy"])
+
+
+def test_calibration_subtracts_the_scores_of_an_empty_input(zh_tok):
+    spec = PromptSpec.from_dict(
+        {"template": "{text}总之很{mask}。", "verbalizer": {"pos": ["好", "不错"], "neg": "差"}}
+    )
+    model = tiny_mlm(zh_tok, seed=5)
+    examples = [{"text": "物流很快"}, {"text": "质量太差了"}]
+    plain = ClozeScorer(model, zh_tok, spec).label_scores(examples)
+    empty = ClozeScorer(model, zh_tok, spec).label_scores([{"text": ""}])
+    got = ClozeScorer(model, zh_tok, spec, calibrate=True).label_scores(examples)
+    shifted = plain - empty
+    np.testing.assert_allclose(got, shifted - np.logaddexp.reduce(shifted, axis=1, keepdims=True), atol=1e-5)
+    assert not np.allclose(got, plain, atol=1e-3)

@@ -374,6 +374,7 @@ def cmd_prompt(args):
         label_column=args.label_column,
         max_length=args.max_length,
         out_dir=args.output,
+        calibrate=not args.no_calibrate,
     )
     print(result["report_text"])
     print(
@@ -602,6 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-length", type=int, default=256, help="longest prompt in tokens (inputs are cut)")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not subtract the label words' scores on an empty input (contextual calibration)",
+    )
     p.add_argument("--output", "-o", default=None, help="folder for metrics.json and predictions.jsonl")
     p.set_defaults(func=cmd_prompt)
     return parser

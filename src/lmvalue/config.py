@@ -408,6 +408,11 @@ class MethodConfig:
         "zero-shot/pet/in-context: cloze templates with {text} and one {mask} (instead of method.prompt)",
     )
     verbalizer: str | None = _f(None, "zero-shot/pet/in-context: label words, e.g. 'pos=好|不错,neg=差'")
+    calibrate: bool = _f(
+        True,
+        "zero-shot/in-context: subtract each label's score on an empty input (contextual calibration, "
+        "Zhao et al. 2021); pet learns its own biases",
+    )
 
     def problems(self) -> list[str]:
         from lmvalue.methods import METHODS

@@ -206,6 +206,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
             PromptSpec.load(folder / PROMPT_FILE),
             demos,
             max_length=max_length,
+            calibrate=bool(method_info.get("config", {}).get("calibrate", False)),
         )
         scorer.demos = demos  # saved in their prompt order
         return TaskModel(spec=TaskSpec.load(folder), cloze=scorer, batch_size=batch_size)
@@ -221,6 +222,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
             PromptSpec.load(folder / PROMPT_FILE),
             max_length=max_length,
             batch_size=batch_size,
+            calibrate=name == "zero-shot" and bool(method_info.get("config", {}).get("calibrate", False)),
         )
         return TaskModel(spec=TaskSpec.load(folder), cloze=scorer, batch_size=batch_size)
 

@@ -91,12 +91,23 @@ def parse_verbalizer(text: str) -> dict[str, list[str]]:
 class ClozeScorer:
     """Label scores of examples under a :class:`PromptSpec` with a masked LM."""
 
-    def __init__(self, model, tokenizer, spec: PromptSpec, *, max_length: int = 256, batch_size: int = 32):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        spec: PromptSpec,
+        *,
+        max_length: int = 256,
+        batch_size: int = 32,
+        calibrate: bool = False,
+    ):
         if tokenizer.mask_token_id is None:
             raise ConfigError("cloze prompting needs a masked-LM tokenizer with a mask token")
         spec.check(tokenizer.mask_token)
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.max_length, self.batch_size = max_length, batch_size
+        self.calibrate = calibrate
+        self._bias: dict[int, torch.Tensor] = {}  # id(model) -> (templates, L) content-free scores
         # label -> [token ids of each verbalizer word]
         self.word_ids: dict[str, list[list[int]]] = {}
         for label, words in spec.verbalizer.items():
@@ -194,12 +205,36 @@ class ClozeScorer:
 
         Per template: each label's best word by the mean log-probability of its tokens at the mask
         positions (the vocabulary projection runs at those positions only), log-softmax over the
-        labels; the templates are averaged."""
+        labels; the templates are averaged. With ``calibrate``, each template's scores of an empty
+        input are subtracted first."""
+        raws = self._raw_scores(model, batch)
+        if self.calibrate:
+            bias = self.content_free_scores(model)
+            raws = [raw - bias[t].to(raw.device) for t, raw in enumerate(raws)]
+        total = None
+        for raw in raws:
+            part = raw - torch.logsumexp(raw, dim=1, keepdim=True)
+            total = part if total is None else total + part
+        return total / len(self.spec.templates)
+
+    def content_free_scores(self, model) -> torch.Tensor:
+        """(templates, L) raw label scores of an empty input: the label words' prior under each
+        template, subtracted when ``calibrate`` is on (contextual calibration, Zhao et al. 2021)."""
+        key = id(model)
+        if key not in self._bias:
+            with torch.no_grad():
+                device = next(model.parameters()).device
+                batch = {k: v.to(device) for k, v in self.collate([{"text": "", "text_pair": ""}]).items()}
+                self._bias[key] = torch.stack([r[0] for r in self._raw_scores(model, batch)]).cpu()
+        return self._bias[key]
+
+    def _raw_scores(self, model, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per template: (B, L) each label's best word by mean token log-probability."""
         from lmvalue.objectives.forward import Encoded
 
         labels = self.spec.labels
         n = batch["v0_ids"].shape[0]
-        total = None
+        out = []
         for t in range(len(self.spec.templates)):
             per_label: list[list[torch.Tensor]] = [[] for _ in labels]  # (B,) scores of each word
             for j, (tj, k) in enumerate(self.views):
@@ -218,10 +253,8 @@ class ClozeScorer:
                         if len(word) == k:
                             idx = torch.tensor(word, device=logp.device)
                             per_label[li].append(logp[:, steps, idx].mean(dim=1))
-            raw = torch.stack([torch.stack(words, 1).amax(1) for words in per_label], dim=1)  # (B, L)
-            part = raw - torch.logsumexp(raw, dim=1, keepdim=True)
-            total = part if total is None else total + part
-        return total / len(self.spec.templates)
+            out.append(torch.stack([torch.stack(words, 1).amax(1) for words in per_label], dim=1))  # (B, L)
+        return out
 
     @torch.no_grad()
     def label_scores(self, examples: list[dict], model=None) -> np.ndarray:
@@ -284,6 +317,7 @@ def evaluate_zero_shot(
     max_length: int = 256,
     batch_size: int = 32,
     out_dir: str | Path | None = None,
+    calibrate: bool = True,
 ) -> dict:
     """Zero-shot cloze classification scored on the same test split `lmvalue finetune` carves
     (deduplicated pool, ``test_size`` examples, ``test_seed``), or on ``test`` when given.
@@ -312,13 +346,16 @@ def evaluate_zero_shot(
             f"{spec.labels}); add them, e.g. --verbalizer '{missing[0]}=WORD,...'"
         )
     model, tokenizer = load_masked_lm(model_ref)
-    scorer = ClozeScorer(model, tokenizer, spec, max_length=max_length, batch_size=batch_size)
+    scorer = ClozeScorer(
+        model, tokenizer, spec, max_length=max_length, batch_size=batch_size, calibrate=calibrate
+    )
     preds = scorer.predict(examples)
     scores = classification_scores([e["label"] for e in examples], [p["label"] for p in preds], spec.labels)
     result = {
         "model": model_ref,
         "templates": spec.templates,
         "verbalizer": spec.verbalizer,
+        "calibrate": calibrate,
         "examples": len(examples),
         "seconds": round(time.perf_counter() - t0, 2),
         **summary(scores),
@@ -474,12 +511,23 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
             model, tokenizer = _start_causal_lm(cfg.model)
             demos = [{k: e[k] for k in ("text", "text_pair", "label") if k in e} for e in data.train]
             scorer = InContextScorer(
-                model, tokenizer, prompt, demos, max_length=cfg.data.max_length, seed=cfg.train.seed
+                model,
+                tokenizer,
+                prompt,
+                demos,
+                max_length=cfg.data.max_length,
+                seed=cfg.train.seed,
+                calibrate=cfg.method.calibrate,
             )
             return model, scorer
         model, tokenizer = _start_mlm(cfg.model, cfg.train.seed)
         return model, ClozeScorer(
-            model, tokenizer, prompt, max_length=cfg.data.max_length, batch_size=eval_batch
+            model,
+            tokenizer,
+            prompt,
+            max_length=cfg.data.max_length,
+            batch_size=eval_batch,
+            calibrate=cfg.method.calibrate and cfg.method.name == "zero-shot",  # PET learns its biases
         )
 
     def view(scorer):
@@ -654,8 +702,10 @@ class InContextScorer:
         max_length: int = 512,
         batch_size: int = 16,
         seed: int = 0,
+        calibrate: bool = False,
     ):
         spec.check()
+        self.calibrate = calibrate
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.max_length, self.batch_size = max_length, batch_size
         order = np.random.default_rng(seed).permutation(len(demos))
@@ -706,10 +756,15 @@ class InContextScorer:
 
     @torch.no_grad()
     def label_scores(self, examples: list[dict]) -> np.ndarray:
+        """(N, L) scores; with ``calibrate``, each template's scores of an empty query (with the
+        same demonstrations) are subtracted before the log-softmax (Zhao et al. 2021)."""
+        n = len(examples)
+        if self.calibrate:
+            examples = [*examples, {"text": "", "text_pair": ""}]
         labels = self.spec.labels
         device = next(self.model.parameters()).device
         self.model.eval()
-        total = np.zeros((len(examples), len(labels)))
+        total = np.zeros((n, len(labels)))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for template in self.spec.templates:
             raw = np.full((len(examples), len(labels)), -np.inf)
@@ -738,6 +793,8 @@ class InContextScorer:
                     targets = torch.tensor(seq[start:])
                     lp = logp[r, start - 1 : len(seq) - 1].gather(1, targets[:, None]).sum().item()
                     raw[e, li] = max(raw[e, li], lp / n_word)
+            if self.calibrate:
+                raw = raw[:n] - raw[n]
             total += raw - np.logaddexp.reduce(raw, axis=1, keepdims=True)
         return total / len(self.spec.templates)
 
