@@ -204,3 +204,18 @@ def test_a_failed_pretrained_arm_is_named_in_the_verdict():
     arms = {"pretrained:mlm": {"status": "failed", "info": {}, "error": "KeyError: x"}}
     text = verdict(summarize(cells, arms))
     assert "No pretrained arm was compared with scratch (pretrained:mlm: preparing the arm failed" in text
+
+
+def test_verdict_judges_the_embeddings_and_prompt_arms_against_scratch_and_tfidf():
+    cells = _cells(
+        {
+            "scratch": {10: [0.50, 0.52, 0.51], 100: [0.60, 0.61, 0.59]},
+            "embeddings": {10: [0.60, 0.62, 0.61], 100: [0.70, 0.71, 0.72]},
+            "prompt:zero": {10: [0.50, 0.50, 0.50], 100: [0.50, 0.50, 0.50]},
+            "tfidf": {10: [0.55, 0.55, 0.55], 100: [0.65, 0.64, 0.66]},
+        }
+    )
+    text = verdict(summarize(cells), corpus_desc="7 MB of reviews")
+    assert "embeddings: word vectors learned from 7 MB of reviews is worth" in text
+    assert "prompt:zero did not beat training from scratch at 100 labels" in text
+    assert "Against the TF-IDF baseline at 100 labels, embeddings is +6.0 points" in text

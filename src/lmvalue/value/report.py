@@ -14,6 +14,8 @@ import numpy as np
 from lmvalue.value.stats import bootstrap_ci, label_efficiency_factor, labels_saved_area
 
 BASELINES = ("scratch", "tfidf")
+# Arms that draw on unlabeled text (or a model pretrained on some): the verdict judges each against scratch.
+UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings")
 
 
 def curves_of(cells: list[dict]) -> dict[str, dict[int, dict[int, float]]]:
@@ -126,9 +128,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
     metric = summary["metric"]
     sentences = []
     for comp in summary["comparisons"]:
-        if comp["baseline"] != "scratch" or not comp["arm"].startswith(
-            ("pretrained", "continued", "checkpoint", "prompt")
-        ):
+        if comp["baseline"] != "scratch" or not comp["arm"].startswith(UNLABELED_ARMS):
             continue
         rows = {r["budget"]: r for r in comp["budgets"]}
         if not rows:
@@ -140,11 +140,16 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         paying = [b for b, x in sorted(rows.items()) if x["diff"] and x["diff"][1] > 0]
         not_paying = [b for b, x in sorted(rows.items()) if not (x["diff"] and x["diff"][1] > 0)]
         arm = comp["arm"]
+        using = (
+            f"word vectors learned from {corpus_desc}"
+            if arm == "embeddings"
+            else f"pretraining on {corpus_desc}"
+        )
         if r["diff"] and r["diff"][0] <= 0:
             sentences.append(
                 f"{arm} did not beat training from scratch at {at} labels "
                 f"({metric} {r['diff'][0] * 100:+.1f} points, 95% CI {r['diff'][1] * 100:+.1f} to {r['diff'][2] * 100:+.1f}); "
-                f"pretraining on {corpus_desc} was not worth it at this compute budget."
+                f"{using} was not worth it at this compute budget."
             )
             continue
         worth = (
@@ -154,7 +159,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             if not r["reached"]
             else f"no better than scratch's smallest budget at {at} labels"
         )
-        s = f"{arm}: pretraining on {corpus_desc} is {worth}"
+        s = f"{arm}: {using} is {worth}"
         if r["diff"]:
             s += f", {r['diff'][0] * 100:+.1f} {metric} points (95% CI {r['diff'][1] * 100:+.1f} to {r['diff'][2] * 100:+.1f})"
         if paying and not_paying and max(paying) < max(rows):
@@ -165,7 +170,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             s += "; the gain is within noise at every budget (no interval excludes zero)"
         sentences.append(s + ".")
     for comp in summary["comparisons"]:
-        if comp["baseline"] == "tfidf" and comp["arm"].startswith("pretrained"):
+        if comp["baseline"] == "tfidf" and comp["arm"].startswith(UNLABELED_ARMS):
             rows = {r["budget"]: r for r in comp["budgets"]}
             if focus_budget in rows and rows[focus_budget]["diff"]:
                 d = rows[focus_budget]["diff"]
