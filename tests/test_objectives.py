@@ -3,6 +3,7 @@ LM labels, configuration errors, and tiny end-to-end runs of every objective on 
 
 import inspect
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -423,3 +424,55 @@ def test_generate_samples_from_a_causal_lm(tiny_pretrain_overrides, bpe_tokenize
     pretrain(build_config(PretrainConfig, overrides=mlm))
     assert main(["generate", "--model", mlm["train.output_dir"], "--prompt", "好"]) == 2
     assert "generate needs a causal LM" in capsys.readouterr().err
+
+
+def test_simcse_loss_equals_a_hand_computation_and_uses_two_dropout_views():
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lmvalue.objectives.simcse import SimCSE, contrastive_loss
+
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z2 = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, 1.0]])
+    loss, correct = contrastive_loss(z1, z2, 0.5)
+    sim = torch.tensor([[F.cosine_similarity(a, b, dim=0) / 0.5 for b in z2] for a in z1])
+    expected = -torch.log_softmax(sim, dim=1).diagonal().mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert int(correct) == int((sim.argmax(1) == torch.arange(3)).sum())
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    model = BertForMaskedLM(cfg)
+    batch = {"input_ids": torch.randint(5, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
+    objective = SimCSE(0.05)
+    model.eval()  # no dropout: both views are the same, so the loss is the hand computation on one
+    parts = objective.losses(Encoded(model, batch), batch)
+    cls = model.bert(**batch).last_hidden_state[:, 0]
+    assert float(parts["simcse_loss"]) == pytest.approx(float(contrastive_loss(cls, cls, 0.05)[0]), rel=1e-5)
+    model.train()  # dropout: the second view differs from the first, and gradients reach the encoder
+    parts = objective.losses(Encoded(model, batch), batch)
+    assert float(parts["simcse_loss"]) > 0
+    parts["simcse_loss"].backward()
+    assert model.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+def test_mlm_plus_simcse_spreads_the_held_out_sentence_vectors(tiny_pretrain_overrides):
+    """At first a tiny BERT's [CLS] state hardly depends on the input (the held-out contrastive
+    loss is ln(batch)); SimCSE pulls the rows apart while MLM keeps learning. The symmetry takes
+    ~100 steps to break at this size, hence the longer run."""
+    over = {
+        **tiny_pretrain_overrides,
+        "objective.names": ["mlm", "simcse"],
+        "train.max_steps": 160,
+        "train.eval_every": 80,
+        "train.save_every": 160,
+        "train.lr": 5e-3,
+        "train.precision": "fp32",
+    }
+    metrics = pretrain(build_config(PretrainConfig, overrides=over))
+    first, final = metrics["evals"][0], metrics["final"]
+    assert first["eval_simcse_loss"] == pytest.approx(math.log(8), abs=0.01)  # batch 8, collapsed
+    assert final["eval_simcse_loss"] < first["eval_simcse_loss"] - 0.5, (first, final)
+    assert final["eval_mlm_loss"] < first["eval_mlm_loss"] - 0.5

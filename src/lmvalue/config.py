@@ -137,7 +137,8 @@ class ObjectiveConfig:
     names: list[str] = _f(
         ["mlm"],
         "self-supervised objectives by name: mlm | wwm | span (one masking scheme), optionally with "
-        "nsp | sop (sentence pairs) and/or tags (word tags of a word/TAG corpus); clm for decoders",
+        "nsp | sop (sentence pairs), simcse (contrastive [CLS] sentence vectors) and/or tags (word tags of a "
+        "word/TAG corpus); clm for decoders",
     )
     weights: list[float] | None = _f(None, "one loss weight per objective (default 1.0 each)")
     mask_rate: float = _f(0.15, "share of tokens to predict in masked-LM objectives (mlm, wwm, span)")
@@ -146,6 +147,7 @@ class ObjectiveConfig:
     sparse_head: bool = _f(True, "compute the output projection only at masked positions (same loss, faster)")
     span_p: float = _f(0.2, "span: p of the geometric distribution of span lengths in words (SpanBERT 0.2)")
     span_max_words: int = _f(10, "span: longest span in words (SpanBERT 10)")
+    simcse_temperature: float = _f(0.05, "simcse: temperature of the contrastive loss (SimCSE 0.05)")
     reference_mlm: bool = _f(
         True,
         "encoders: also score held-out packed blocks with plain random-token masking (eval_ref_mlm_*), "

@@ -30,6 +30,7 @@ from lmvalue.objectives.clm import CausalLM
 from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import MaskedLM
 from lmvalue.objectives.sentence_pair import NextSentencePrediction, SentenceOrderPrediction
+from lmvalue.objectives.simcse import SimCSE
 from lmvalue.objectives.tags import TagPrediction
 from lmvalue.objectives.wwm import SpanMasking, WholeWordMasking
 
@@ -42,11 +43,12 @@ OBJECTIVES = {
     "sop": SentenceOrderPrediction,
     "clm": CausalLM,
     "tags": TagPrediction,
+    "simcse": SimCSE,
 }
 # Objectives that write ``labels`` (one per run) and those that build the inputs as pairs (one per run).
 TOKEN_PREDICTION = ("mlm", "wwm", "span", "clm")
 PAIR_OBJECTIVES = ("nsp", "sop")
-ENCODER_ONLY = ("mlm", "wwm", "span", "nsp", "sop")
+ENCODER_ONLY = ("mlm", "wwm", "span", "nsp", "sop", "simcse")
 
 
 def check_objectives(names: list[str], arch: str | None = None) -> None:
