@@ -534,18 +534,22 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     m = np.array([[np.nan if v is None else v for v in row] for row in result["held_out_loss"]], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * m.shape[1], 1.2 + 0.6 * m.shape[0]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 1.8 * m.shape[1]), 1.6 + 0.6 * m.shape[0]))
     im = ax.imshow(m, cmap="viridis_r", aspect="auto")
     ax.set_xticks(range(m.shape[1]), [c[-28:] for c in result["corpora"]], rotation=20, ha="right")
     ax.set_yticks(range(m.shape[0]), result["rows"])
+    finite = m[~np.isnan(m)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for r in range(m.shape[0]):
         for c in range(m.shape[1]):
             if not np.isnan(m[r, c]):
-                ax.text(c, r, f"{m[r, c]:.3f}", ha="center", va="center", color="white", fontsize=9)
+                color = "black" if m[r, c] < middle else "white"  # light cells (low loss) get dark text
+                ax.text(c, r, f"{m[r, c]:.3f}", ha="center", va="center", color=color, fontsize=9)
     bwt = result["bwt"]
-    ax.set_title(
-        f"held-out LM loss (lower is better); BWT {bwt:+.3f}" if bwt is not None else "held-out LM loss"
-    )
+    title = "held-out LM loss (lower is better)"
+    if bwt is not None:
+        title += f"\nBWT {bwt:+.3f} (negative: forgetting)"
+    ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
