@@ -107,3 +107,33 @@ def test_spec_round_trips_through_its_file(tmp_path):
     spec = TaskSpec(kind="tagging", labels=("B-X", "I-X", "O"), metric="entity_f1", char_tokens=True)
     spec.save(tmp_path)
     assert TaskSpec.load(tmp_path) == spec
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_length_grouped_batches_cut_padding_and_keep_the_epoch_and_the_seed(tokenizer, world):
+    import random
+
+    spec = build_spec("classification", [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}])
+    rng = random.Random(0)
+    texts = ["好" * rng.randint(1, 60) for _ in range(203)]
+    items = encode([{"text": t, "label": "a"} for t in texts], spec, tokenizer, 64)
+
+    def run(group, epoch=0, seed=1):
+        per_rank = [
+            LabeledBatches(
+                items, 8, seed=seed, epoch=epoch, pad_id=0, rank=r, world=world, group_by_length=group
+            )
+            for r in range(world)
+        ]
+        batches = [(r, i) for i in range(len(per_rank[0])) for r in range(world)]
+        seen = [j for r, i in batches for j in per_rank[r].indices(i).tolist()]
+        padded = sum(per_rank[r][i]["input_ids"].numel() for r, i in batches)
+        return seen, padded
+
+    plain_seen, plain_padded = run(0)
+    seen, padded = run(10)
+    assert len(seen) == len(set(seen)) == len(plain_seen)  # the same number of examples, each once
+    if world == 1:
+        assert sorted(seen) == list(range(203))
+    assert padded < 0.75 * plain_padded  # far less padding than random batches
+    assert run(10)[0] == seen and run(10, epoch=1)[0] != seen and run(10, seed=2)[0] != seen

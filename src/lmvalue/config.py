@@ -465,6 +465,11 @@ class FinetuneTrainConfig(TrainConfig):
         10, "evaluations on the dev split over the run (none: every train.eval_every steps)"
     )
     select_best: bool = _f(True, "keep the weights of the best dev evaluation instead of the last")
+    group_by_length: int = _f(
+        50,
+        "batch examples of similar length: the shuffled epoch is cut into windows of this many batches, "
+        "each sorted by length (less padding, faster steps); 0: plain random batches",
+    )
     llrd: float | None = _f(
         None,
         "layer-wise learning-rate decay: the top layer and the head train at train.lr, each layer below "

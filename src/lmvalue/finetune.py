@@ -613,6 +613,7 @@ def _train_network(
             pad_id=tokenizer.pad_token_id,
             rank=rank,
             world=world,
+            group_by_length=cfg.train.group_by_length,
         )
 
     def save_checkpoint(m, folder: Path):

@@ -123,7 +123,16 @@ class LabeledBatches(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, items: list[dict], batch_size: int, *, seed: int, epoch: int, pad_id: int, rank=0, world=1
+        self,
+        items: list[dict],
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        pad_id: int,
+        rank=0,
+        world=1,
+        group_by_length: int = 0,
     ):
         self.items, self.batch_size, self.pad_id = items, batch_size, pad_id
         self.rank, self.world = rank, world
@@ -131,6 +140,8 @@ class LabeledBatches(torch.utils.data.Dataset):
         self.order = torch.randperm(len(items), generator=g).numpy()
         per_step = batch_size * world
         self.n_batches = math.ceil(len(items) / per_step) if world == 1 else len(items) // per_step
+        if group_by_length > 1 and self.n_batches > 1:
+            self.order = _length_grouped(self.order, items, per_step, group_by_length, g)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -141,6 +152,25 @@ class LabeledBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return collate([self.items[j] for j in self.indices(i)], self.pad_id)
+
+
+def _length_grouped(order: np.ndarray, items: list[dict], per_step: int, group: int, g) -> np.ndarray:
+    """``order`` regrouped so that each global batch holds examples of similar length: the shuffled
+    order is cut into windows of ``group`` global batches, each window is sorted by length (longest
+    first) and cut into batches, and the batches are shuffled. Padding shrinks to within a batch of
+    neighbours in length; which examples share an epoch and their randomness stay seeded."""
+    lengths = np.array([len(items[i]["input_ids"]) for i in order])
+    window = per_step * group
+    batches = []
+    for start in range(0, len(order), window):
+        idx = np.arange(start, min(start + window, len(order)))
+        idx = idx[np.argsort(-lengths[idx], kind="stable")]
+        batches += [idx[b : b + per_step] for b in range(0, len(idx), per_step)]
+    # a short remainder batch (one process) stays last, as without grouping
+    full = [b for b in batches if len(b) == per_step]
+    rest = [b for b in batches if len(b) < per_step]
+    perm = torch.randperm(len(full), generator=g).numpy()
+    return order[np.concatenate([full[i] for i in perm] + rest)]
 
 
 def length_sorted_batches(items: list[dict], batch_size: int) -> list[np.ndarray]:
