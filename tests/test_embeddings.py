@@ -85,3 +85,13 @@ def test_embeddings_without_vectors_are_refused(reviews, tmp_path):
     with pytest.raises(ConfigError, match="method.vectors"):
         run_cfg(tmp_path / "c", None, **{"method.vectors": None})
     assert not (tmp_path / "c").exists()
+
+
+def test_word_vectors_are_reproducible_under_a_seed(reviews):
+    from lmvalue.methods.embeddings import train_vectors
+
+    texts = [e["text"] for e in reviews[:1500]]
+    a = train_vectors(texts, cjk=True, dim=16, epochs=1, min_count=3, seed=0)
+    b = train_vectors(texts, cjk=True, dim=16, epochs=1, min_count=3, seed=0)
+    c = train_vectors(texts, cjk=True, dim=16, epochs=1, min_count=3, seed=1)
+    assert np.array_equal(a.vectors, b.vectors) and not np.array_equal(a.vectors, c.vectors)

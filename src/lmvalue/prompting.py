@@ -484,16 +484,14 @@ def _start_causal_lm(mcfg):
 
 
 def fit_prompt(cfg, data, run, accelerator) -> dict:
-    """``method.name`` ``zero-shot`` (no training) or ``pet`` (the cloze scores trained with
+    """``method.name`` ``zero-shot`` (no training), ``pet`` (the cloze scores trained with
     cross-entropy on the budget's train split, the best dev evaluation kept; PET, Schick & Schütze
-    2021): the result dict :func:`lmvalue.finetune.finetune` expects."""
+    2021) or ``in-context`` (a causal LM with the train split as demonstrations, no training): the
+    result dict :func:`lmvalue.finetune.finetune` expects."""
     import dataclasses
 
-    import torch.nn.functional as F
-
-    from lmvalue.finetune import _save_common, forward_parameters, run_steps
+    from lmvalue.finetune import _save_common, forward_parameters
     from lmvalue.inference import TaskModel, score
-    from lmvalue.loop import train_loop
     from lmvalue.models import count_parameters
 
     task_spec = data.spec
@@ -558,9 +556,7 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
             if i > 0:
                 model, scorer = fresh()
             sub = run if len(rates) == 1 else _sub_run(run, lr)
-            trained = _train_pet(
-                cfg, data, scorer, model, lr, sub, accelerator, rank, world, F, train_loop, run_steps
-            )
+            trained = _train_pet(cfg, data, scorer, model, lr, sub, accelerator, rank, world)
             dev = trained["dev_score"]
             tried.append({"lr": lr, "dev_score": dev, "best_step": trained["best_step"]})
             if len(rates) > 1:
@@ -619,10 +615,15 @@ def _sub_run(run, lr: float):
     return sub
 
 
-def _train_pet(cfg, data, scorer, model, lr, run, accelerator, rank, world, F, train_loop, run_steps) -> dict:
+def _train_pet(cfg, data, scorer, model, lr, run, accelerator, rank, world) -> dict:
+    """One PET run at learning rate ``lr`` with the shared loop; the best dev evaluation is kept."""
     import dataclasses
     import time
 
+    import torch.nn.functional as F
+
+    from lmvalue.finetune import run_steps
+    from lmvalue.loop import train_loop
     from lmvalue.tasks.metrics import classification_scores
 
     steps, eval_every = run_steps(cfg, len(data.train), world)

@@ -69,8 +69,11 @@ class MeanVectors:
         return out
 
 
-def train_vectors(texts, *, cjk: bool, dim: int, epochs: int, min_count: int, seed: int, workers: int = 2):
-    """word2vec skip-gram (window 5, negative sampling) on the segmented texts; returns KeyedVectors."""
+def train_vectors(texts, *, cjk: bool, dim: int, epochs: int, min_count: int, seed: int, workers: int = 1):
+    """word2vec skip-gram (window 5, negative sampling) on the segmented texts; returns KeyedVectors.
+
+    One worker thread: gensim is only reproducible with one (with two, the same seed gives other
+    vectors in every process), and every lmvalue run must be reproducible."""
     from gensim.models import Word2Vec
 
     sentences = [words(t, cjk) for t in texts]
