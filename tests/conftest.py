@@ -93,3 +93,16 @@ def char_tokenizer_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tok") / "zh-chars"
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def reviews():
+    """demo:zh-reviews without repeated texts, in a fixed random order (read-only)."""
+    import random
+
+    from lmvalue.data.budget import dedupe
+    from lmvalue.data.sources import load_labeled
+
+    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
+    random.Random(0).shuffle(examples)
+    return examples

@@ -1,27 +1,16 @@
 """The static word-vector baseline: vectors learned from unlabeled text (cached), averaged,
 logistic regression; it learns, saves and reloads; and its value-study arm."""
 
-import random
-
 import numpy as np
 import pytest
 
 from lmvalue.config import FinetuneConfig, build_config
-from lmvalue.data.budget import dedupe
-from lmvalue.data.sources import load_labeled
 from lmvalue.errors import ConfigError
 from lmvalue.finetune import finetune
 from lmvalue.inference import load_task_model, score
 from lmvalue.methods.embeddings import MeanVectors, words
 
 pytest.importorskip("gensim")
-
-
-@pytest.fixture(scope="module")
-def reviews():
-    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
-    random.Random(0).shuffle(examples)
-    return examples
 
 
 @pytest.fixture(scope="module")

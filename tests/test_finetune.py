@@ -11,8 +11,6 @@ import torch
 
 from lmvalue.cli import main
 from lmvalue.config import FinetuneConfig, build_config
-from lmvalue.data.budget import dedupe
-from lmvalue.data.sources import load_labeled
 from lmvalue.errors import CheckpointError, ConfigError, DataError
 from lmvalue.finetune import finetune, load_task_data
 from lmvalue.inference import load_task_model, score
@@ -24,14 +22,6 @@ TINY = {
     "model.ffn": 128,
     "model.max_position_embeddings": 128,
 }
-
-
-@pytest.fixture(scope="module")
-def reviews():
-    """demo:zh-reviews without repeated texts, in a fixed random order."""
-    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
-    random.Random(0).shuffle(examples)
-    return examples
 
 
 def settings(out, **kw) -> dict:

@@ -178,18 +178,6 @@ def test_cli_zero_shot_writes_metrics_and_refuses_unmapped_labels(zh_tok, zh_tok
 
 
 @pytest.fixture(scope="module")
-def reviews():
-    import random
-
-    from lmvalue.data.budget import dedupe
-    from lmvalue.data.sources import load_labeled
-
-    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
-    random.Random(0).shuffle(examples)
-    return examples
-
-
-@pytest.fixture(scope="module")
 def tiny_mlm_dir(char_tokenizer_dir, tmp_path_factory):
     """A randomly initialised tiny masked LM saved as a Hugging Face folder."""
     tok = AutoTokenizer.from_pretrained(char_tokenizer_dir)

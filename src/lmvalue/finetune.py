@@ -358,6 +358,20 @@ def llrd_groups(model: torch.nn.Module, decay: float, weight_decay: float) -> li
     ]
 
 
+def weights_checkpoint(hf_config):
+    """(save, load) of the training loop's checkpoints: the whole state dict in ``weights.pt``, and
+    the model's config, which marks the folder as a checkpoint."""
+
+    def save(m, folder: Path):
+        hf_config.to_json_file(str(folder / "config.json"))
+        torch.save(m.state_dict(), folder / "weights.pt")
+
+    def load(m, folder: Path):
+        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+
+    return save, load
+
+
 def run_steps(cfg: FinetuneConfig, n_train: int, world: int) -> tuple[int, int]:
     """(optimizer steps, evaluate every N steps) for a training split of ``n_train`` examples."""
     t = cfg.train
@@ -616,13 +630,7 @@ def _train_network(
             group_by_length=cfg.train.group_by_length,
         )
 
-    def save_checkpoint(m, folder: Path):
-        hf_config.to_json_file(str(folder / "config.json"))  # marks the folder as a checkpoint
-        torch.save(m.state_dict(), folder / "weights.pt")
-
-    def load_checkpoint(m, folder: Path):
-        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-
+    save_checkpoint, load_checkpoint = weights_checkpoint(hf_config)
     on_step = (lambda m, state: method.on_step(m, state.step)) if method.on_step else None
     cpu0 = time.process_time()
     state = train_loop(

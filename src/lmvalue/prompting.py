@@ -622,7 +622,7 @@ def _train_pet(cfg, data, scorer, model, lr, run, accelerator, rank, world) -> d
 
     import torch.nn.functional as F
 
-    from lmvalue.finetune import run_steps
+    from lmvalue.finetune import run_steps, weights_checkpoint
     from lmvalue.loop import train_loop
     from lmvalue.tasks.metrics import classification_scores
 
@@ -648,13 +648,7 @@ def _train_pet(cfg, data, scorer, model, lr, run, accelerator, rank, world) -> d
             data.train, scorer, cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch, rank=rank, world=world
         )
 
-    def save_checkpoint(m, folder: Path):
-        m.config.to_json_file(str(folder / "config.json"))
-        torch.save(m.state_dict(), folder / "weights.pt")
-
-    def load_checkpoint(m, folder: Path):
-        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-
+    save_checkpoint, load_checkpoint = weights_checkpoint(model.config)
     cpu0 = time.process_time()
     state = train_loop(
         model=model,
