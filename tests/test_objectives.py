@@ -476,3 +476,122 @@ def test_mlm_plus_simcse_spreads_the_held_out_sentence_vectors(tiny_pretrain_ove
     assert first["eval_simcse_loss"] == pytest.approx(math.log(8), abs=0.01)  # batch 8, collapsed
     assert final["eval_simcse_loss"] < first["eval_simcse_loss"] - 0.5, (first, final)
     assert final["eval_mlm_loss"] < first["eval_mlm_loss"] - 0.5
+
+
+# --- replaced-token detection (ELECTRA) ---------------------------------------------------------------
+
+
+def test_rtd_labels_mark_exactly_the_changed_positions():
+    from lmvalue.objectives.rtd import replaced_labels
+
+    original = torch.tensor([[2, 10, 11, 12, 3], [2, 20, 21, 3, 0]])
+    chosen = torch.tensor([[False, True, False, True, False], [False, True, True, False, False]])
+    sampled = torch.tensor([99, 12, 20, 77])  # row 0: 10->99, 12->12 (kept); row 1: 20->20 (kept), 21->77
+    disc_input, labels = replaced_labels(original, sampled, chosen)
+    assert disc_input.tolist() == [[2, 99, 11, 12, 3], [2, 20, 77, 3, 0]]
+    assert labels.tolist() == [
+        [0, 1, 0, 0, 0],
+        [0, 0, 1, 0, 0],
+    ]  # a sample equal to the original is "original"
+
+
+def test_rtd_samples_follow_the_generator_distribution():
+    from lmvalue.objectives.rtd import sample_tokens
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.6, 0.3, 0.1, 0.0])
+    logits = torch.log(probs.clamp(min=1e-12)).expand(20000, 4)
+    counts = torch.bincount(sample_tokens(logits), minlength=4).float() / 20000
+    assert torch.allclose(counts, probs, atol=0.015), counts
+    assert counts[3] == 0
+
+
+def test_rtd_loss_equals_a_hand_computation_and_trains_generator_and_discriminator(zh):
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lmvalue.objectives.rtd import ReplacedTokenDetection
+
+    tok, texts, _ = zh
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    model = BertForMaskedLM(cfg)
+    objective = ReplacedTokenDetection(tok, model=model, weight=50.0)
+    model.eval()  # no dropout (generator included): the hand computation sees the same network
+    assert model.rtd_generator.width == 16 and model.rtd_generator.body.config.num_hidden_layers == 1
+    enc = tok(texts[:6], truncation=True, max_length=24, padding=True, return_tensors="pt")
+    batch = objective.prepare(dict(enc), torch.Generator().manual_seed(1))
+    assert torch.equal(batch["input_ids"], enc["input_ids"])  # the discriminator's originals are kept
+    chosen = batch["rtd_labels"] != IGNORE
+    assert torch.equal(batch["rtd_labels"][chosen], enc["input_ids"][chosen])
+    torch.manual_seed(5)
+    parts = objective.losses(Encoded(model, batch), batch)
+
+    # By hand: generator -> tied MLM head at the chosen positions -> Gumbel samples -> discriminator.
+    extra = {"attention_mask": batch["attention_mask"], "token_type_ids": batch["token_type_ids"]}
+    g = model.rtd_generator
+    states = g.project_out(
+        g.body(
+            inputs_embeds=g.project_in(model.bert.embeddings.word_embeddings(batch["rtd_input_ids"])), **extra
+        ).last_hidden_state
+    )
+    logits = model.cls(states[chosen])
+    assert torch.equal(model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
+    gen_loss = F.cross_entropy(logits, batch["rtd_labels"][chosen])
+    torch.manual_seed(5)
+    u = torch.rand_like(logits).clamp_(1e-9, 1.0)
+    sampled = (logits - torch.log(-torch.log(u))).argmax(-1)
+    disc_input = batch["input_ids"].clone()
+    disc_input[chosen] = sampled
+    special = torch.tensor(sorted(set(tok.all_special_ids) - {tok.unk_token_id}))  # [UNK] is real text
+    scored = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], special)
+    hidden = model.bert(input_ids=disc_input, **extra).last_hidden_state
+    truth = (disc_input != batch["input_ids"]).float()[scored]
+    disc_loss = F.binary_cross_entropy_with_logits(model.rtd_head(hidden[scored]).squeeze(-1), truth)
+    assert float(parts["rtd_generator_loss"]) == pytest.approx(float(gen_loss), rel=1e-5)
+    assert float(parts["rtd_discriminator_loss"]) == pytest.approx(float(disc_loss), rel=1e-5)
+    assert float(parts["rtd_loss"].detach()) == pytest.approx(float(gen_loss + 50 * disc_loss), rel=1e-5)
+    assert int(parts["rtd_count"]) == int(scored.sum()) > int(chosen.sum())  # every real token is scored
+    assert 0 < int(parts["rtd_replaced"]) <= int(chosen.sum())
+    parts["rtd_loss"].backward()  # both networks learn; the sampling passes no gradient
+    assert model.rtd_generator.body.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    assert model.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    assert model.rtd_head[2].weight.grad.abs().sum() > 0
+
+
+def test_rtd_pretrains_and_the_discriminator_fine_tunes_in_plain_transformers(tiny_pretrain_overrides):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    over = {
+        **tiny_pretrain_overrides,
+        "objective.names": ["rtd"],
+        "train.max_steps": 60,
+        "train.eval_every": 30,
+        "train.save_every": 60,
+    }
+    metrics = pretrain(build_config(PretrainConfig, overrides=over))
+    first, final = metrics["evals"][0], metrics["final"]
+    assert first["eval_rtd_discriminator_loss"] == pytest.approx(math.log(2), abs=0.02)
+    assert final["eval_rtd_discriminator_loss"] < 0.45, final  # ~14% replaced: better than a coin
+    assert final["eval_rtd_generator_loss"] < first["eval_rtd_generator_loss"] - 0.5
+    assert "eval_ref_mlm_loss" not in final  # its MLM head is the generator's: no reference score
+    model_dir = Path(over["train.output_dir"]) / "model"
+    saved = load_file(str(model_dir / "model.safetensors"))
+    assert any(k.startswith("rtd_head.") for k in saved) and any(
+        k.startswith("rtd_generator.") for k in saved
+    )
+    lm = AutoModelForMaskedLM.from_pretrained(model_dir)
+    clf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    for model in (lm, clf):  # the discriminator's encoder is what loads
+        weight = model.bert.encoder.layer[-1].output.dense.weight
+        assert torch.equal(weight, saved["bert.encoder.layer.1.output.dense.weight"])
+
+
+def test_rtd_excludes_other_masking_objectives():
+    with pytest.raises(ConfigError, match="rtd both predict tokens"):
+        check_objectives(["mlm", "rtd"])
+    with pytest.raises(ConfigError, match="rtd.*need an encoder"):
+        check_objectives(["rtd"], "gpt2")

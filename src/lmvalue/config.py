@@ -136,7 +136,7 @@ class DataConfig:
 class ObjectiveConfig:
     names: list[str] = _f(
         ["mlm"],
-        "self-supervised objectives by name: mlm | wwm | span (one masking scheme), optionally with "
+        "self-supervised objectives by name: mlm | wwm | span | rtd (one masking scheme; rtd: ELECTRA), optionally with "
         "nsp | sop (sentence pairs), simcse (contrastive [CLS] sentence vectors) and/or tags (word tags of a "
         "word/TAG corpus); clm for decoders",
     )
@@ -148,6 +148,10 @@ class ObjectiveConfig:
     span_p: float = _f(0.2, "span: p of the geometric distribution of span lengths in words (SpanBERT 0.2)")
     span_max_words: int = _f(10, "span: longest span in words (SpanBERT 10)")
     simcse_temperature: float = _f(0.05, "simcse: temperature of the contrastive loss (SimCSE 0.05)")
+    rtd_generator_hidden: float = _f(
+        0.25, "rtd: width of the generator as a share of the model's hidden size (ELECTRA 1/4)"
+    )
+    rtd_weight: float = _f(50.0, "rtd: weight of the discriminator loss against the generator's (ELECTRA 50)")
     reference_mlm: bool = _f(
         True,
         "encoders: also score held-out packed blocks with plain random-token masking (eval_ref_mlm_*), "
@@ -166,6 +170,10 @@ class ObjectiveConfig:
             out.append("objective.mask_token_share + objective.random_token_share must be <= 1")
         if not 0 < self.span_p <= 1:
             out.append(f"objective.span_p={self.span_p} must be in (0, 1]")
+        if not 0 < self.rtd_generator_hidden <= 1:
+            out.append(f"objective.rtd_generator_hidden={self.rtd_generator_hidden} must be in (0, 1]")
+        if self.rtd_weight <= 0:
+            out.append(f"objective.rtd_weight={self.rtd_weight} must be > 0")
         if self.span_max_words < 1:
             out.append(f"objective.span_max_words={self.span_max_words} must be >= 1")
         return out

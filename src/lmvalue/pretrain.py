@@ -356,6 +356,7 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
     reference = None
     if (
         cfg.objective.reference_mlm
+        and "rtd" not in cfg.objective.names  # its MLM head is the generator's
         and data.layout["cls_id"] is not None
         and tokenizer.mask_token_id is not None
     ):

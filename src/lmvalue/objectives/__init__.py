@@ -29,6 +29,7 @@ from lmvalue.errors import ConfigError
 from lmvalue.objectives.clm import CausalLM
 from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import MaskedLM
+from lmvalue.objectives.rtd import ReplacedTokenDetection
 from lmvalue.objectives.sentence_pair import NextSentencePrediction, SentenceOrderPrediction
 from lmvalue.objectives.simcse import SimCSE
 from lmvalue.objectives.tags import TagPrediction
@@ -44,11 +45,12 @@ OBJECTIVES = {
     "clm": CausalLM,
     "tags": TagPrediction,
     "simcse": SimCSE,
+    "rtd": ReplacedTokenDetection,
 }
-# Objectives that write ``labels`` (one per run) and those that build the inputs as pairs (one per run).
-TOKEN_PREDICTION = ("mlm", "wwm", "span", "clm")
+# Objectives that corrupt the input to predict tokens (one per run) and those that build the inputs as pairs (one per run).
+TOKEN_PREDICTION = ("mlm", "wwm", "span", "clm", "rtd")
 PAIR_OBJECTIVES = ("nsp", "sop")
-ENCODER_ONLY = ("mlm", "wwm", "span", "nsp", "sop", "simcse")
+ENCODER_ONLY = ("mlm", "wwm", "span", "nsp", "sop", "simcse", "rtd")
 
 
 def check_objectives(names: list[str], arch: str | None = None) -> None:
@@ -159,6 +161,10 @@ class ObjectiveSet:
                 weights[n] = weights.get(n, 0.0) + count
                 if f"{n}_correct" in parts:
                     correct[n] = correct.get(n, 0.0) + float(parts[f"{n}_correct"])
+                for k, v in parts.items():  # an objective's sub-losses (rtd: generator, discriminator)
+                    if k.startswith(f"{n}_") and k.endswith("_loss") and k != f"{n}_loss":
+                        sums[k[:-5]] = sums.get(k[:-5], 0.0) + float(v) * count
+                        weights[k[:-5]] = weights.get(k[:-5], 0.0) + count
         model.train(was_training)
         metrics = {}
         total = 0.0
@@ -171,6 +177,9 @@ class ObjectiveSet:
             if n in ("mlm", "wwm", "span", "clm"):
                 metrics[f"eval_{n}_perplexity"] = math.exp(min(mean, 50.0))
             total += weight * mean
+        for k in sorted(sums):
+            if k not in OBJECTIVES:
+                metrics[f"eval_{k}_loss"] = sums[k] / max(weights[k], 1e-9)
         metrics["eval_loss"] = total
         return metrics
 

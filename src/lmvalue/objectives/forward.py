@@ -31,7 +31,7 @@ def body_and_lm_head(model) -> tuple[torch.nn.Module | None, torch.nn.Module | N
 
 
 class Encoded:
-    """The hidden states of one batch and, on request, LM logits at chosen positions.
+    """The hidden states of one batch (computed on first use) and, on request, LM logits at chosen positions.
 
     Attributes:
         model: the language model (objective heads are attached to it).
@@ -42,22 +42,41 @@ class Encoded:
     def __init__(self, model, batch: dict, *, sparse_head: bool = True):
         self.model = model
         self.sparse_head = sparse_head
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        body, head = body_and_lm_head(model)
-        self._head = head
+        self._batch = batch
+        self._head = None
         self._logits = None
+        self._hidden = None
+        self._pooled = None
+
+    def _run(self) -> None:
+        """The forward pass, on first use: an objective that runs its own passes (``rtd``) costs none."""
+        if self._hidden is not None:
+            return
+        inputs = {k: self._batch[k] for k in MODEL_INPUTS if k in self._batch}
+        body, head = body_and_lm_head(self.model)
+        self._head = head
         if body is not None:
             out = body(**inputs)
-            self.hidden = out.last_hidden_state  # (B, T, H)
-            self.pooled = getattr(out, "pooler_output", None)
+            self._hidden = out.last_hidden_state  # (B, T, H)
+            self._pooled = getattr(out, "pooler_output", None)
         else:
-            out = model(**inputs, output_hidden_states=True)
-            self.hidden = out.hidden_states[-1]
+            out = self.model(**inputs, output_hidden_states=True)
+            self._hidden = out.hidden_states[-1]
             self._logits = out.logits  # (B, T, V)
-            self.pooled = None
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        self._run()
+        return self._hidden
+
+    @property
+    def pooled(self) -> torch.Tensor | None:
+        self._run()
+        return self._pooled
 
     def lm_logits(self, selected: torch.Tensor) -> torch.Tensor:
         """(N, V) LM logits at the (B, T) ``selected`` positions."""
+        self._run()
         if self._logits is not None:
             return self._logits[selected]
         if self.sparse_head:
