@@ -63,3 +63,108 @@ def test_a_run_takes_llrd_and_bad_values_are_refused(char_tokenizer_dir, tmp_pat
     assert m["steps"] == 5 and m["evals"][-1]["step"] == 5
     with pytest.raises(ConfigError, match="train.llrd"):
         build_config(FinetuneConfig, overrides={"model.init_from": "x", "train.llrd": 1.5})
+
+
+def _tiny_classifier(seed=0, layers=3):
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    ).eval()
+
+
+def test_mean_pooling_feeds_the_pooler_the_masked_mean_of_real_tokens():
+    from lmvalue.tasks.pooling import POOLING_KEY, set_pooling
+
+    model = _tiny_classifier()
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 20, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    cls_logits = model(input_ids=ids, attention_mask=mask).logits
+    set_pooling(model, "mean")
+    assert getattr(model.config, POOLING_KEY) == "mean"
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    mean = torch.stack([hidden[0].mean(0), hidden[1, :3].mean(0)])  # padding left out
+    expected = model.classifier(torch.tanh(model.bert.pooler.dense(mean)))
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert not torch.allclose(logits, cls_logits, atol=1e-4)
+    # the saved keys are those of a plain BERT classifier: the pooler's weights stay where they were
+    assert set(model.state_dict()) == set(_tiny_classifier().state_dict())
+    with pytest.raises(ConfigError, match="model.pooling"):
+        set_pooling(model, "max")
+
+
+def test_reinit_layers_resets_only_the_top_layers_and_the_pooler():
+    from lmvalue.tasks.pooling import reinit_top_layers
+
+    model = _tiny_classifier(seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    assert reinit_top_layers(model, 1) == 1
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "bert.encoder.layer.2.attention.self.query.weight" in changed
+    assert "bert.pooler.dense.weight" in changed
+    assert not any(
+        k.startswith(("bert.encoder.layer.0.", "bert.encoder.layer.1.", "bert.embeddings.")) for k in changed
+    )
+    assert torch.all(after["bert.encoder.layer.2.output.LayerNorm.weight"] == 1)  # transformers' own init
+    assert float(after["bert.encoder.layer.2.attention.self.query.weight"].std()) == pytest.approx(
+        0.02, rel=0.15
+    )
+    with pytest.raises(ConfigError, match="it has 3 layers"):
+        reinit_top_layers(model, 4)
+
+
+def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_tokenizer_dir, tmp_path):
+    import random
+
+    from lmvalue.data.budget import dedupe
+    from lmvalue.data.sources import load_labeled
+    from lmvalue.finetune import finetune
+    from lmvalue.inference import load_task_model, score
+
+    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
+    random.Random(0).shuffle(examples)
+    over = {
+        "model.preset": "tiny",
+        "model.hidden": 64,
+        "model.heads": 2,
+        "model.ffn": 128,
+        "model.from_scratch": True,
+        "model.tokenizer": str(char_tokenizer_dir),
+        "model.pooling": "mean",
+        "model.reinit_layers": 1,
+        "data.test_size": 100,
+        "data.max_length": 32,
+        "budget.train_size": 100,
+        "train.max_steps": 30,
+        "train.min_steps": 30,
+        "train.lr": 1e-3,
+        "train.output_dir": str(tmp_path / "run"),
+        "train.progress": False,
+    }
+    m = finetune(build_config(FinetuneConfig, overrides=over), train_examples=examples[:600])
+    task = load_task_model(m["model_dir"])
+    assert task.model.config.lmvalue_pooling == "mean"
+    assert type(task.model.bert.pooler).__name__ == "MeanPooler"
+    from lmvalue.finetune import load_task_data
+
+    test = load_task_data(build_config(FinetuneConfig, overrides=over), train_examples=examples[:600]).test
+    rescored = score(task, test)  # a plain [CLS] reload would give other probabilities
+    assert rescored["accuracy"] == pytest.approx(m["test"]["accuracy"])
+    assert rescored["loss"] == pytest.approx(m["test"]["loss"], abs=1e-5)
+    for bad, match in (
+        ({"model.pooling": "max"}, "model.pooling"),
+        ({"model.reinit_layers": -1}, "model.reinit_layers"),
+        ({"method.name": "tfidf", "model.pooling": "mean"}, "has none"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            build_config(FinetuneConfig, overrides={"model.init_from": "x", **bad})

@@ -264,3 +264,21 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
         if name not in ("tfidf", "embeddings"):
             assert ft.train.lr_search and ft.train.min_steps >= 100
     build_config(PretrainConfig, overrides={**cfg.pretrain_overrides, "model.preset": cfg.preset})
+
+
+def test_head_options_reach_the_network_arms_only(tmp_path):
+    from lmvalue.config import FinetuneConfig, build_config
+    from lmvalue.value.study import StudyConfig, cell_overrides, parse_arm
+
+    cfg = StudyConfig(finetune_overrides={"model.pooling": "mean", "model.reinit_layers": 1})
+    states = {
+        "pretrained:rtd": {"model": str(tmp_path / "arm"), "from_scratch": False},
+        "tfidf": {},
+        "embeddings": {"vectors": str(tmp_path / "v.kv")},
+        "prompt:pet": {"model": str(tmp_path / "arm"), "from_scratch": False},
+    }
+    for name, state in states.items():
+        over = cell_overrides(parse_arm(name), state, 100, 0, cfg, str(tmp_path / "cell"))
+        ft = build_config(FinetuneConfig, overrides=over)  # a head option on tfidf would be refused
+        network = name == "pretrained:rtd"
+        assert (ft.model.pooling, ft.model.reinit_layers) == (("mean", 1) if network else ("cls", 0))

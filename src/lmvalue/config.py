@@ -281,6 +281,14 @@ class FinetuneModelConfig(ModelConfig):
     new_head: bool = _f(
         False, "train a new task head instead of the checkpoint's own (needed when its labels differ)"
     )
+    pooling: str = _f(
+        "cls",
+        "sentence tasks: cls (the architecture's own head, on the [CLS] state) | mean (the pooler on the mean "
+        "of the last hidden states over real tokens; for models whose [CLS] state was never trained)",
+    )
+    reinit_layers: int = _f(
+        0, "re-initialise the top N encoder layers and the pooler before fine-tuning (0: keep all)"
+    )
 
 
 @dataclass
@@ -518,6 +526,20 @@ class FinetuneConfig:
         if self.model.from_scratch and not self.model.init_from and not self.model.tokenizer:
             out.append(
                 "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"
+            )
+        if self.model.pooling not in ("cls", "mean"):
+            out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")
+        if self.model.reinit_layers < 0:
+            out.append(f"model.reinit_layers={self.model.reinit_layers} must be >= 0")
+        if (self.model.pooling != "cls" or self.model.reinit_layers) and self.method.name in (
+            "tfidf",
+            "embeddings",
+            "zero-shot",
+            "pet",
+            "in-context",
+        ):
+            out.append(
+                f"model.pooling / model.reinit_layers shape a task head; method {self.method.name} has none"
             )
         if self.train.llrd is not None and not 0 < self.train.llrd <= 1:
             out.append(f"train.llrd={self.train.llrd} must be in (0, 1] (e.g. 0.8), or none")

@@ -45,6 +45,7 @@ from lmvalue.prompting import PROMPT_METHODS, fit_prompt, resolve_prompt
 from lmvalue.tasks import TaskSpec, _some, build_spec, infer_kind
 from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
 from lmvalue.tasks.metrics import summary
+from lmvalue.tasks.pooling import reinit_top_layers, set_pooling
 
 log = logging.getLogger("lmvalue")
 
@@ -301,6 +302,14 @@ def build_task_model(
         _zero_head(model)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if mcfg.reinit_layers:
+        reinit_top_layers(model, mcfg.reinit_layers)  # seeded above
+    if mcfg.pooling != "cls":
+        if spec.level == "token":
+            raise ConfigError(
+                f"model.pooling={mcfg.pooling} is for sentence tasks; tagging reads every token"
+            )
+        set_pooling(model, mcfg.pooling)
     return model
 
 

@@ -22,6 +22,7 @@ from lmvalue.errors import CheckpointError, DataError
 from lmvalue.tasks import TASK_FILE, TaskSpec, _some, example_labels
 from lmvalue.tasks.encode import encode, predict_logits, word_predictions
 from lmvalue.tasks.metrics import confusion_png, spans, summary, task_scores
+from lmvalue.tasks.pooling import POOLING_KEY, set_pooling
 
 log = logging.getLogger("lmvalue")
 
@@ -255,6 +256,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     tokenizer = load_tokenizer(tokenizer_dir)
     _quiet_transformers()
     model = _auto_class(spec.level).from_pretrained(str(base_dir))
+    set_pooling(model, getattr(model.config, POOLING_KEY, "cls"))  # model.pooling=mean, as trained
     if name != "full":
         from lmvalue.config import MethodConfig, from_dict
         from lmvalue.methods import get_method

@@ -473,6 +473,10 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
 # --- one cell ----------------------------------------------------------------------------------
 
 
+# Fine-tuning options that shape a network's task head; a study applies them to the network arms only.
+HEAD_OPTIONS = ("model.pooling", "model.reinit_layers", "model.new_head")
+
+
 def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConfig, output_dir: str) -> dict:
     """The `lmvalue finetune` settings of one cell (saved with the cell in the registry)."""
     overrides = {
@@ -485,6 +489,9 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
         "train.progress": False,
         **cfg.finetune_overrides,
     }
+    if arm.kind in ("tfidf", "embeddings") or arm.method in ("zero-shot", "pet", "in-context"):
+        for key in HEAD_OPTIONS:  # options of a task head: these arms have none
+            overrides.pop(key, None)
     if arm.kind == "tfidf":
         return overrides
     if arm.kind == "embeddings":
