@@ -114,3 +114,52 @@ def test_a_tokenizer_that_truncates_does_not_cut_documents(texts, zh_tokenizer_d
     annotated = tokenize_annotated(texts, cutting)
     assert np.array_equal(annotated.offsets, offsets)
     assert cutting.backend_tokenizer.truncation is not None  # the caller's tokenizer is untouched
+
+
+def test_the_cjk_fast_path_equals_the_rust_tokenizer_on_every_ideograph_and_mixed_text(
+    texts, zh_tokenizer_dir, bpe_like_tokenizer
+):
+    from lmvalue.data.shards import CjkFastEncoder, encode_ids
+
+    backend = AutoTokenizer.from_pretrained(zh_tokenizer_dir).backend_tokenizer
+    assert CjkFastEncoder.applies(backend)
+    fast = CjkFastEncoder(backend)
+
+    def reference(batch):
+        return [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
+
+    every = "".join(chr(c) for c in [*range(0x3400, 0x4DC0), *range(0x4E00, 0xA000)])
+    edges = "".join(
+        chr(c) for c in (0x33FF, 0x4DC0, 0x4DFF, 0xA000, 0xF900, 0xFA0E, 0xFAFF, 0x20000, 0x2F800)
+    )
+    mixed = [every[i : i + 300] for i in range(0, len(every), 300)] + [
+        edges,
+        "好" + edges + "的",
+        "iPhone11很好用，ＡＢＣ全角！Café naïve 字\u0301 A\u030a 好\u0000坏\ufffd\t\n\u3000评价",
+        "价格: $12.50 (打折) #好评# ...... 😀👍 http://x.cn/a?b=1 就这样",
+        "   ",
+        "",
+        "[MASK] 和 [UNK]，还有 [SEP]",
+    ]
+    batch = mixed + texts[:2000]
+    assert fast.encode(batch) == reference(batch)
+    assert fast.encode(batch) == reference(batch)  # again, with the memo of pieces warm
+    assert sum(i == fast.unk for ids in fast.encode([every]) for i in ids) > 10_000  # most are [UNK] at 1,500
+    # tokenizers it does not apply to take the general path
+    assert not CjkFastEncoder.applies(bpe_like_tokenizer)
+    assert encode_ids(bpe_like_tokenizer)(["好的 ok"]) == [
+        bpe_like_tokenizer.encode("好的 ok", add_special_tokens=False).ids
+    ]
+    added = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
+    added.add_tokens(["好评"])
+    assert not CjkFastEncoder.applies(added.backend_tokenizer)  # matched before normalisation
+
+
+@pytest.fixture(scope="module")
+def bpe_like_tokenizer(texts):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(texts[:500], trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    return tok

@@ -21,9 +21,11 @@ The cache folder is ``$LMVALUE_CACHE`` or ``~/.cache/lmvalue``; delete it at any
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -61,6 +63,86 @@ def whole_document_backend(tokenizer):
     copy.no_truncation()
     copy.no_padding()
     return copy
+
+
+# The CJK Unified Ideographs (with extension A) of the Basic Multilingual Plane. BERT's normalizer
+# isolates each as a word of its own, and none changes under its lower-casing or accent stripping
+# (the compatibility ideographs U+F900-FAFF do: NFD maps them to unified ones, so they take the
+# general path).
+_CJK_RUN = re.compile("([\u3400-\u4dbf\u4e00-\u9fff]+)")
+_CJK_ANY = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
+_PIECE_CACHE = 200_000  # distinct non-CJK pieces remembered before the memo is cleared
+
+
+class CjkFastEncoder:
+    """The ids of a BERT-style WordPiece tokenizer, with the CJK characters looked up directly.
+
+    With ``BertNormalizer(handle_chinese_chars)`` + ``BertPreTokenizer`` + ``WordPiece``, every CJK
+    ideograph is a word of its own, and its id is its vocabulary entry or ``[UNK]``; the text
+    between ideographs is tokenized by the Rust tokenizer exactly as in a whole document (an
+    ideograph is always a word boundary), and memoised: in Chinese text those pieces are mostly
+    punctuation and a few repeated Latin words. The result equals ``encode_batch`` (tested over
+    every ideograph and real mixed text); it skips the per-character normalisation, splitting and
+    ``Encoding`` objects of the general path, which dominate on Chinese.
+    """
+
+    def __init__(self, backend):
+        self.backend = backend
+        spec = json.loads(backend.to_str())
+        model = spec["model"]
+        self.vocab = backend.get_vocab(with_added_tokens=False)
+        self.unk = self.vocab[model["unk_token"]]
+        self.pieces: dict[str, list[int]] = {}
+
+    @classmethod
+    def applies(cls, backend) -> bool:
+        """True for the tokenizers lmvalue trains (``kind=wordpiece``) and BERT-style Chinese checkpoints."""
+        try:
+            spec = json.loads(backend.to_str())
+        except Exception:  # noqa: BLE001 - anything unexpected: the general path
+            return False
+        normalizer = spec.get("normalizer") or {}
+        if not (
+            normalizer.get("type") == "BertNormalizer"
+            and normalizer.get("handle_chinese_chars")
+            and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+            and (spec.get("model") or {}).get("type") == "WordPiece"
+        ):
+            return False
+        # An added token with an ideograph in it would be matched before normalisation.
+        return not any(_CJK_ANY.search(t.get("content", "")) for t in spec.get("added_tokens") or [])
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        split = [_CJK_RUN.split(t) for t in texts]  # [other, ideographs, other, ideographs, ..., other]
+        pieces = self.pieces
+        misses = list({p for parts in split for p in parts[0::2] if p and p not in pieces})
+        if misses:
+            if len(pieces) + len(misses) > _PIECE_CACHE:
+                pieces.clear()
+            for piece, enc in zip(
+                misses, self.backend.encode_batch_fast(misses, add_special_tokens=False), strict=True
+            ):
+                pieces[piece] = enc.ids
+        get, unk = self.vocab.get, self.unk
+        out = []
+        for parts in split:
+            ids: list[int] = []
+            for i, p in enumerate(parts):
+                if i % 2:
+                    ids.extend([get(c, unk) for c in p])
+                elif p:
+                    ids.extend(pieces[p])
+            out.append(ids)
+        return out
+
+
+def encode_ids(backend) -> Callable[[list[str]], list[list[int]]]:
+    """A function from texts to their token ids (no special tokens): the CJK fast path where it
+    applies, else ``encode_batch_fast`` (tokenizers >= 0.20: no character offsets)."""
+    if CjkFastEncoder.applies(backend):
+        return CjkFastEncoder(backend).encode
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -147,17 +229,18 @@ def _tokenize_to(folder: Path, texts: Iterable[str], tokenizer, *, n_docs, n_cha
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
-    # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not need
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encode = encode_ids(backend)
     done = 0
     batch: list[str] = []
 
     def flush(out):
         nonlocal done
-        encodings = encode(batch, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        if len(encodings):
-            np.concatenate([np.asarray(e.ids, dtype=dtype) for e in encodings]).tofile(out)
+        encoded = encode(batch)
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        if len(encoded):
+            np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum())).tofile(
+                out
+            )
         offsets[done + 1 : done + 1 + len(batch)] = offsets[done] + np.cumsum(lengths)
         done += len(batch)
         batch.clear()
