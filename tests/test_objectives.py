@@ -595,3 +595,30 @@ def test_rtd_excludes_other_masking_objectives():
         check_objectives(["mlm", "rtd"])
     with pytest.raises(ConfigError, match="rtd.*need an encoder"):
         check_objectives(["rtd"], "gpt2")
+
+
+def test_rtd_leaves_no_trainable_weight_without_a_gradient(zh):
+    """Under DistributedDataParallel (find_unused_parameters=False) every trainable weight must get one."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lmvalue.objectives.rtd import ReplacedTokenDetection
+
+    tok, texts, _ = zh
+    torch.manual_seed(0)
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    objective = ReplacedTokenDetection(tok, model=model)
+    batch = objective.prepare(
+        dict(tok(texts[:8], truncation=True, max_length=32, padding=True, return_tensors="pt")),
+        torch.Generator().manual_seed(0),
+    )
+    objective.losses(Encoded(model, batch), batch)["rtd_loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

@@ -61,6 +61,8 @@ class Generator(torch.nn.Module):
         small._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
         self.project_in = torch.nn.Linear(hidden, width)
         self.body = BertModel(small, add_pooling_layer=False)
+        # never used (the input is the shared embeddings): frozen, so DDP sees no unused trainable weight
+        self.body.embeddings.word_embeddings.weight.requires_grad_(False)
         self.project_out = torch.nn.Linear(width, hidden)
         self.width = width
 
