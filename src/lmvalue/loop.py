@@ -28,6 +28,7 @@ import torch
 
 from lmvalue.checkpoint import STATE_FILE, RunDir, write_json_atomic
 from lmvalue.config import TrainConfig
+from lmvalue.dropout import use_fast_dropout
 from lmvalue.errors import TrainingError
 
 
@@ -214,6 +215,8 @@ def train_loop(
         rng_file = resume_from / f"rng_rank{rank}.pt"
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=False))
+    if cfg.fast_dropout:
+        use_fast_dropout(model)  # no weights change: saved checkpoints are the same
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     # Only the training forward is compiled; evaluation, saving and unwrapping use the module itself
