@@ -176,7 +176,7 @@ def main() -> None:
     p.add_argument(
         "--no-ablation",
         action="store_true",
-        help="skip the ablation rows (full output projection; bf16 autocast; bf16 without dropout)",
+        help="skip the ablation rows (fp32; fp32 with the full output projection; torch's dropout; no dropout)",
     )
     args = p.parse_args()
 
@@ -228,6 +228,7 @@ def main() -> None:
                     "train.precision": "fp32",
                     "objective.sparse_head": False,
                 },
+                "lmvalue, torch dropout": {"train.fast_dropout": False},
                 "lmvalue, dropout 0": {"model.dropout": 0.0},
             }
             for name, extra in rows.items():
