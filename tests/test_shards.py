@@ -117,7 +117,7 @@ def test_a_tokenizer_that_truncates_does_not_cut_documents(texts, zh_tokenizer_d
 
 
 def test_the_cjk_fast_path_equals_the_rust_tokenizer_on_every_ideograph_and_mixed_text(
-    texts, zh_tokenizer_dir, bpe_like_tokenizer
+    texts, zh_tokenizer_dir, bpe_like_tokenizer, monkeypatch
 ):
     from lmvalue.data.shards import CjkFastEncoder, encode_ids
 
@@ -144,6 +144,12 @@ def test_the_cjk_fast_path_equals_the_rust_tokenizer_on_every_ideograph_and_mixe
     batch = mixed + texts[:2000]
     assert fast.encode(batch) == reference(batch)
     assert fast.encode(batch) == reference(batch)  # again, with the memo of pieces warm
+    small = CjkFastEncoder(backend)  # a memo that overflows on every batch starts afresh, losing nothing
+    monkeypatch.setattr("lmvalue.data.shards._PIECE_CACHE", 50)
+    assert [small.encode(batch[i : i + 300]) for i in range(0, len(batch), 300)] == [
+        reference(batch[i : i + 300]) for i in range(0, len(batch), 300)
+    ]
+    assert len(small.pieces) <= max(50, 300 * 40)
     assert sum(i == fast.unk for ids in fast.encode([every]) for i in ids) > 10_000  # most are [UNK] at 1,500
     # tokenizers it does not apply to take the general path
     assert not CjkFastEncoder.applies(bpe_like_tokenizer)

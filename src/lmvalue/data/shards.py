@@ -116,9 +116,10 @@ class CjkFastEncoder:
         split = [_CJK_RUN.split(t) for t in texts]  # [other, ideographs, other, ideographs, ..., other]
         pieces = self.pieces
         misses = list({p for parts in split for p in parts[0::2] if p and p not in pieces})
+        if len(pieces) + len(misses) > _PIECE_CACHE:  # start the memo afresh with this batch's pieces
+            pieces.clear()
+            misses = list({p for parts in split for p in parts[0::2] if p})
         if misses:
-            if len(pieces) + len(misses) > _PIECE_CACHE:
-                pieces.clear()
             for piece, enc in zip(
                 misses, self.backend.encode_batch_fast(misses, add_special_tokens=False), strict=True
             ):
