@@ -475,3 +475,23 @@ def test_lr_search_without_a_dev_split_is_refused_before_anything_is_written(cha
     with pytest.raises(ConfigError, match="lr_search"):
         finetune(build_config(FinetuneConfig, overrides=over), train_examples=examples)
     assert not (tmp_path / "run").exists()
+
+
+def test_tfidf_c_ties_on_the_dev_metric_go_to_the_better_dev_likelihood(reviews):
+    from lmvalue.config import MethodConfig
+    from lmvalue.methods import tfidf
+    from lmvalue.tasks import build_spec
+
+    train = reviews[:60]
+    spec = build_spec("classification", train)
+    cfg = MethodConfig(name="tfidf", tfidf_c=[0.1, 1.0, 10.0])
+    seen = []
+
+    def score(pipe, dev):  # every C ties on the metric; the second entry decides
+        c = pipe.named_steps["logreg"].C
+        seen.append(c)
+        return 0.5, -abs(c - 1.0)
+
+    pipe, info = tfidf.train(train, reviews[60:70], spec, cfg, 0, score)
+    assert seen == [0.1, 1.0, 10.0] and info["C"] == 1.0
+    assert info["dev_scores_by_C"] == {"0.1": 0.5, "1.0": 0.5, "10.0": 0.5}

@@ -513,7 +513,10 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
     spec = data.spec
 
     def dev_score(pipe, examples):
-        return score(TaskModel(spec=spec, pipeline=pipe), examples)[spec.metric]
+        # (metric, -cross-entropy): on a dev split of a few examples, a strongly regularized model that
+        # predicts the majority class often ties with one that learned; the likelihood breaks the tie
+        scores = score(TaskModel(spec=spec, pipeline=pipe), examples)
+        return scores[spec.metric], -scores["loss"]
 
     t0, c0 = time.perf_counter(), time.process_time()
     pipe, fit_info = trainer.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score)

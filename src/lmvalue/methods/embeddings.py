@@ -176,12 +176,12 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     features = MeanVectors(kv, cjk)
     x = features.transform(texts)
     grid = list(cfg.tfidf_c) if dev else [1.0]
-    best, best_score, scores = None, -np.inf, {}
+    best, best_score, scores = None, (-np.inf,), {}
     for c in grid:
         clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, labels)
         pipe = VectorClassifier(features, clf)
-        s = score(pipe, dev) if dev else 0.0
-        scores[str(c)] = s
+        s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
+        scores[str(c)] = s[0]
         if s > best_score:
             best, best_score = pipe, s
     info.update(

@@ -50,7 +50,7 @@ def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tu
     """Fit one pipeline per ``cfg.tfidf_c`` on ``train``, keep the best on ``dev``.
 
     Args:
-        score: ``(pipeline, examples) -> dev score`` (higher is better).
+        score: ``(pipeline, examples) -> (dev score, tie-breaker)`` (higher is better).
 
     Returns:
         (pipeline, info) with the C chosen and every dev score.
@@ -60,11 +60,11 @@ def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tu
     texts = _inputs(train)
     labels = [ex["label"] for ex in train]
     grid = list(cfg.tfidf_c) if dev else [1.0]
-    best, best_score, scores = None, -np.inf, {}
+    best, best_score, scores = None, (-np.inf,), {}
     for c in grid:
         pipe = build(texts, cfg, c, seed).fit(texts, labels)
-        s = score(pipe, dev) if dev else 0.0
-        scores[str(c)] = s
+        s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
+        scores[str(c)] = s[0]
         if s > best_score:
             best, best_score = pipe, s
     vec = best.named_steps["tfidf"]
