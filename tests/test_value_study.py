@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lmvalue.errors import LmvalueError
+from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.value.registry import Registry
 from lmvalue.value.study import StudyConfig, run_study
 
@@ -282,3 +282,22 @@ def test_head_options_reach_the_network_arms_only(tmp_path):
         ft = build_config(FinetuneConfig, overrides=over)  # a head option on tfidf would be refused
         network = name == "pretrained:rtd"
         assert (ft.model.pooling, ft.model.reinit_layers) == (("mean", 1) if network else ("cls", 0))
+
+
+def test_arm_specs_keep_slashes_of_paths_and_hub_names():
+    from lmvalue.value.study import parse_arm
+
+    cases = {
+        "checkpoint:hfl/rbt3": ("checkpoint", "hfl/rbt3", "full"),
+        "checkpoint:hfl/rbt3/lora": ("checkpoint", "hfl/rbt3", "lora"),
+        "checkpoint:/data/runs/pre/model": ("checkpoint", "/data/runs/pre/model", "full"),
+        "continued:runs/pre/model/pet": ("continued", "runs/pre/model", "pet"),
+        "pretrained:mlm+sop/lora": ("pretrained", "mlm+sop", "lora"),
+        "scratch/adapter": ("scratch", None, "adapter"),
+        "tfidf": ("tfidf", None, "tfidf"),
+    }
+    for spec, expected in cases.items():
+        arm = parse_arm(spec)
+        assert (arm.kind, arm.arg, arm.method) == expected, spec
+    with pytest.raises(ConfigError, match="needs an argument"):
+        parse_arm("checkpoint:/lora")

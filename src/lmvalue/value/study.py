@@ -67,7 +67,12 @@ class Arm:
 
 
 def parse_arm(spec: str) -> Arm:
-    base, _, method = spec.partition("/")
+    from lmvalue.methods import METHODS
+
+    # The method is a last "/" part that names one: paths and hub names (checkpoint:hfl/rbt3,
+    # checkpoint:/data/run/model) keep their slashes.
+    head, slash, last = spec.rpartition("/")
+    base, method = (head, last) if slash and last in METHODS else (spec, "")
     kind, _, arg = base.partition(":")
     if kind not in ARM_KINDS:
         raise ConfigError(
