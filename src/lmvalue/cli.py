@@ -184,7 +184,7 @@ def _print_study(summary: dict) -> None:
 
 
 def cmd_value(args):
-    from lmvalue.value.study import StudyConfig, run_study
+    from lmvalue.value.study import RECIPE_FINETUNE, RECIPE_PRETRAIN, StudyConfig, run_study
 
     cfg = StudyConfig(
         output_dir=args.output,
@@ -201,8 +201,9 @@ def cmd_value(args):
         preset=args.preset,
         vocab_size=args.vocab_size,
         pretrain_minutes=args.pretrain_minutes,
-        pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
+        pretrain_overrides={**RECIPE_PRETRAIN, **_study_overrides(args.pretrain, "--pretrain")},
         finetune_overrides={
+            **RECIPE_FINETUNE,
             **({"method.prompt": args.prompt} if args.prompt else {}),
             **_study_overrides(args.finetune, "--finetune"),
         },
@@ -453,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arms",
         nargs="+",
-        default=["scratch", "pretrained:mlm", "tfidf"],
+        default=["scratch", "pretrained:mlm", "tfidf", "embeddings"],
         help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora",
     )
     p.add_argument(
@@ -462,16 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="seeds per budget (default 5)")
     p.add_argument("--metric", default="accuracy", help="headline test metric (default accuracy)")
     p.add_argument(
-        "--preset", default="mini", help="architecture of scratch and pretrained arms (default mini)"
+        "--preset", default="tiny", help="architecture of scratch and pretrained arms (default tiny)"
     )
     p.add_argument(
         "--vocab-size", type=int, default=8000, help="tokenizer trained on the corpus (default 8000)"
     )
     p.add_argument(
-        "--pretrain-minutes", type=float, default=10.0, help="pretraining budget per arm (default 10)"
+        "--pretrain-minutes", type=float, default=20.0, help="pretraining budget per arm (default 20)"
     )
-    p.add_argument("--pretrain", nargs="*", metavar="KEY=VALUE", help="pretraining overrides for every arm")
-    p.add_argument("--finetune", nargs="*", metavar="KEY=VALUE", help="fine-tuning overrides for every cell")
+    p.add_argument(
+        "--pretrain",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="pretraining overrides for every arm (default: train.lr=1e-3)",
+    )
+    p.add_argument(
+        "--finetune",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="fine-tuning overrides for every cell (default: train.lr_search=[3e-4,1e-3])",
+    )
     p.add_argument(
         "--prompt",
         help="templates and verbalizer (YAML) for the prompt:zero / prompt:pet arms (docs/prompting.md)",

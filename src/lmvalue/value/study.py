@@ -99,6 +99,11 @@ def parse_arm(spec: str) -> Arm:
     )
 
 
+DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
+RECIPE_PRETRAIN = {"train.lr": 1e-3}
+RECIPE_FINETUNE = {"train.lr_search": [3e-4, 1e-3]}
+
+
 @dataclass
 class StudyConfig:
     """Settings of one study (saved in study.json)."""
@@ -110,16 +115,19 @@ class StudyConfig:
     text_column: str = "text"
     label_column: str = "label"
     corpus: str | None = None  # unlabeled text; default: the labeled pool's texts (never the test texts)
-    arms: list[str] = field(default_factory=lambda: ["scratch", "pretrained:mlm", "tfidf"])
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     budgets: list[int] | None = None  # default: 16 x classes, 100, 300, 1000, all
     seeds: int = 5
     metric: str = "accuracy"
-    preset: str = "mini"
+    # The recipe measured to pay on a CPU budget (docs/value-recipes.md): the `tiny` BERT, 20 minutes of
+    # masked-LM pretraining at lr 1e-3, and a learning-rate search in every fine-tuning cell.
+    preset: str = "tiny"
     vocab_size: int = 8000
-    pretrain_minutes: float = 10.0
+    pretrain_minutes: float = 20.0
     pretrain_max_steps: int = 100_000
-    pretrain_overrides: dict = field(default_factory=dict)  # dotted PretrainConfig overrides for every arm
-    finetune_overrides: dict = field(default_factory=dict)  # dotted FinetuneConfig overrides for every cell
+    # dotted PretrainConfig overrides for every arm / FinetuneConfig overrides for every cell
+    pretrain_overrides: dict = field(default_factory=lambda: dict(RECIPE_PRETRAIN))
+    finetune_overrides: dict = field(default_factory=lambda: dict(RECIPE_FINETUNE))
     resume: bool = False
     overwrite: bool = False
 
