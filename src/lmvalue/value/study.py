@@ -570,12 +570,17 @@ def run_cell(
 
 
 def demo_config(
-    output_dir: str = "runs/demo", *, resume: bool = False, overwrite: bool = False
+    output_dir: str = "runs/demo",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    pretrain_minutes: float = 20.0,
 ) -> StudyConfig:
-    """`lmvalue demo`: the whole study on demo:zh-reviews, sized to finish in ~15 minutes on 2 CPU cores.
+    """`lmvalue demo`: the whole study on demo:zh-reviews, about 30 minutes on 2 CPU cores.
 
     The unlabeled corpus is every review outside the test split (their labels unused); the settings
-    below trade statistical power for time and are the only thing that differs from `lmvalue value`.
+    below trade statistical power for time. Pretraining uses the recipe measured to pay
+    (docs/value-recipes.md: 20 minutes; `lmvalue demo --quick` takes 3, at which it does not pay).
     """
     return StudyConfig(
         output_dir=output_dir,
@@ -587,10 +592,10 @@ def demo_config(
         seeds=3,
         # Measured on 2 CPU cores: after equal minutes, the `tiny` BERT (2 layers, 128 hidden) reaches the
         # held-out MLM loss of `mini` (4 layers, 256 hidden) and fine-tunes ~5x faster, which is what lets
-        # 24 fine-tuning cells with a learning-rate search fit in the demo's 15 minutes.
+        # 24 fine-tuning cells with a learning-rate search fit in ~9 minutes.
         preset="tiny",
         vocab_size=8000,
-        pretrain_minutes=3.0,
+        pretrain_minutes=pretrain_minutes,
         pretrain_overrides={"train.lr": 1e-3},
         # Small models from scratch either sit at the majority class or learn, depending on the learning
         # rate and the number of steps (a fixed 3e-4 and <= 150 steps left whole budgets at one class):
