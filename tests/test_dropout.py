@@ -36,6 +36,7 @@ def test_seeded_identity_in_eval_and_swap():
     assert torch.equal(a, layer(x))  # the global generator decides the mask
     assert not torch.equal(a, layer(x))
     assert torch.equal(layer.eval()(x), x) and torch.equal(FastDropout(0.0).train()(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))  # as nn.Dropout(p=1)
 
     torch.manual_seed(0)
     model = BertForMaskedLM(

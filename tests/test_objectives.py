@@ -528,6 +528,8 @@ def test_rtd_loss_equals_a_hand_computation_and_trains_generator_and_discriminat
     assert torch.equal(batch["rtd_labels"][chosen], enc["input_ids"][chosen])
     torch.manual_seed(5)
     parts = objective.losses(Encoded(model, batch), batch)
+    again = objective.losses(Encoded(model, batch), batch)  # held-out scores repeat exactly
+    assert float(again["rtd_discriminator_loss"]) == float(parts["rtd_discriminator_loss"])
 
     # By hand: generator -> tied MLM head at the chosen positions -> Gumbel samples -> discriminator.
     extra = {"attention_mask": batch["attention_mask"], "token_type_ids": batch["token_type_ids"]}
@@ -540,8 +542,7 @@ def test_rtd_loss_equals_a_hand_computation_and_trains_generator_and_discriminat
     logits = model.cls(states[chosen])
     assert torch.equal(model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
     gen_loss = F.cross_entropy(logits, batch["rtd_labels"][chosen])
-    torch.manual_seed(5)
-    u = torch.rand_like(logits).clamp_(1e-9, 1.0)
+    u = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0)).clamp_(1e-9, 1.0)  # eval: fixed
     sampled = (logits - torch.log(-torch.log(u))).argmax(-1)
     disc_input = batch["input_ids"].clone()
     disc_input[chosen] = sampled
@@ -622,3 +623,14 @@ def test_rtd_leaves_no_trainable_weight_without_a_gradient(zh):
     objective.losses(Encoded(model, batch), batch)["rtd_loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
+
+
+def test_rtd_generator_heads_divide_its_width():
+    from transformers import BertConfig
+
+    from lmvalue.objectives.rtd import Generator
+
+    for hidden, share in ((768, 0.3), (256, 0.25), (64, 0.25), (512, 1 / 3)):
+        g = Generator(BertConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4), share)
+        heads = g.body.config.num_attention_heads
+        assert g.width % heads == 0 and g.width % 16 == 0, (hidden, share, g.width, heads)

@@ -99,6 +99,8 @@ def test_mean_pooling_feeds_the_pooler_the_masked_mean_of_real_tokens():
     assert set(model.state_dict()) == set(_tiny_classifier().state_dict())
     with pytest.raises(ConfigError, match="model.pooling"):
         set_pooling(model, "max")
+    set_pooling(model, "cls")  # a mean-pooled checkpoint trained again on [CLS] no longer claims mean
+    assert not hasattr(model.config, POOLING_KEY)
 
 
 def test_reinit_layers_resets_only_the_top_layers_and_the_pooler():
@@ -121,6 +123,20 @@ def test_reinit_layers_resets_only_the_top_layers_and_the_pooler():
     )
     with pytest.raises(ConfigError, match="it has 3 layers"):
         reinit_top_layers(model, 4)
+
+
+def test_reinit_layers_reaches_weights_loaded_from_a_checkpoint(tmp_path):
+    """transformers marks loaded weights as initialised and its own init then skips them."""
+    from lmvalue.tasks.pooling import reinit_top_layers
+
+    _tiny_classifier(seed=0).save_pretrained(tmp_path / "ckpt")
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "ckpt")
+    before = model.bert.encoder.layer[2].attention.self.query.weight.clone()
+    below = model.bert.encoder.layer[1].attention.self.query.weight.clone()
+    torch.manual_seed(1)
+    reinit_top_layers(model, 1)
+    assert not torch.equal(model.bert.encoder.layer[2].attention.self.query.weight, before)
+    assert torch.equal(model.bert.encoder.layer[1].attention.self.query.weight, below)
 
 
 def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_tokenizer_dir, tmp_path):
@@ -165,6 +181,7 @@ def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_t
         ({"model.pooling": "max"}, "model.pooling"),
         ({"model.reinit_layers": -1}, "model.reinit_layers"),
         ({"method.name": "tfidf", "model.pooling": "mean"}, "has none"),
+        ({"method.name": "lora", "model.reinit_layers": 1}, "needs method full"),
     ):
         with pytest.raises(ConfigError, match=match):
             build_config(FinetuneConfig, overrides={"model.init_from": "x", **bad})

@@ -301,3 +301,28 @@ def test_arm_specs_keep_slashes_of_paths_and_hub_names():
         assert (arm.kind, arm.arg, arm.method) == expected, spec
     with pytest.raises(ConfigError, match="needs an argument"):
         parse_arm("checkpoint:/lora")
+
+
+def test_the_recipe_reaches_the_small_model_arms_only_and_yields_to_the_user(tmp_path):
+    from lmvalue.value.study import RECIPE_FINETUNE, StudyConfig, cell_overrides, parse_arm
+
+    states = {
+        "scratch": {"from_scratch": True, "tokenizer": str(tmp_path / "tok")},
+        "pretrained:mlm": {"model": str(tmp_path / "arm"), "from_scratch": False},
+        "checkpoint:hfl/rbt3": {"model": "hfl/rbt3", "from_scratch": False},
+        "continued:hfl/rbt3": {"model": str(tmp_path / "cont"), "from_scratch": False},
+    }
+    for user, expect_recipe in (
+        ({}, True),
+        ({"train.lr": 5e-5}, False),
+        ({"train.lr_search": [1e-4]}, False),
+    ):
+        cfg = StudyConfig(finetune_overrides=user)
+        for name, state in states.items():
+            over = cell_overrides(parse_arm(name), state, 100, 0, cfg, str(tmp_path / "cell"))
+            small = name in ("scratch", "pretrained:mlm")
+            has = over.get("train.lr_search") == RECIPE_FINETUNE["train.lr_search"]
+            assert has == (small and expect_recipe), (user, name)
+            for key, value in user.items():
+                assert over[key] == value
+    assert not StudyConfig(recipe=False).recipe

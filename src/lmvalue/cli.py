@@ -184,7 +184,7 @@ def _print_study(summary: dict) -> None:
 
 
 def cmd_value(args):
-    from lmvalue.value.study import RECIPE_FINETUNE, RECIPE_PRETRAIN, StudyConfig, run_study
+    from lmvalue.value.study import StudyConfig, run_study
 
     cfg = StudyConfig(
         output_dir=args.output,
@@ -201,9 +201,8 @@ def cmd_value(args):
         preset=args.preset,
         vocab_size=args.vocab_size,
         pretrain_minutes=args.pretrain_minutes,
-        pretrain_overrides={**RECIPE_PRETRAIN, **_study_overrides(args.pretrain, "--pretrain")},
+        pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
         finetune_overrides={
-            **RECIPE_FINETUNE,
             **({"method.prompt": args.prompt} if args.prompt else {}),
             **_study_overrides(args.finetune, "--finetune"),
         },
@@ -487,13 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrain",
         nargs="*",
         metavar="KEY=VALUE",
-        help="pretraining overrides for every arm (default: train.lr=1e-3)",
+        help="pretraining overrides for every arm (pretrained:* arms default to train.lr=1e-3)",
     )
     p.add_argument(
         "--finetune",
         nargs="*",
         metavar="KEY=VALUE",
-        help="fine-tuning overrides for every cell (default: train.lr_search=[3e-4,1e-3])",
+        help="fine-tuning overrides for every cell (scratch and pretrained:* cells default to "
+        "train.lr_search=[3e-4,1e-3] unless train.lr or train.lr_search is given)",
     )
     p.add_argument(
         "--prompt",

@@ -534,6 +534,18 @@ class FinetuneConfig:
             out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")
         if self.model.reinit_layers < 0:
             out.append(f"model.reinit_layers={self.model.reinit_layers} must be >= 0")
+        elif self.model.reinit_layers and self.method.name not in (
+            "full",
+            "tfidf",
+            "embeddings",
+            "zero-shot",
+            "pet",
+            "in-context",
+        ):
+            out.append(
+                f"model.reinit_layers needs method full: {self.method.name} would freeze the re-initialised "
+                "layers at random weights"
+            )
         if (self.model.pooling != "cls" or self.model.reinit_layers) and self.method.name in (
             "tfidf",
             "embeddings",

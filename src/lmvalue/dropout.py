@@ -49,6 +49,8 @@ class FastDropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if self.p >= 1:
+            return x * 0.0
         if self.inplace or x.device.type != "cpu":
             return super().forward(x)  # GPUs have a fused dropout already
         return _FastDropout.apply(x, self.p)

@@ -45,6 +45,8 @@ class Generator(torch.nn.Module):
         hidden = config.hidden_size
         width = max(16, int(round(hidden * share / 16)) * 16)
         heads = max(1, width // 64)
+        while width % heads:  # BERT needs the width to split evenly into heads
+            heads -= 1
         small = BertConfig(
             vocab_size=1,  # never looked up: the input is the shared embeddings, projected
             pad_token_id=0,
@@ -103,10 +105,11 @@ def replaced_labels(original: torch.Tensor, sampled: torch.Tensor, chosen: torch
     return disc_input, (disc_input != original).float()
 
 
-def sample_tokens(logits: torch.Tensor) -> torch.Tensor:
-    """One token per row from softmax(logits) (Gumbel-max; no gradient)."""
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from softmax(logits) (Gumbel-max; no gradient). ``generator``: a fixed one
+    makes evaluation repeatable; training draws from the global (seeded, checkpointed) one."""
     with torch.no_grad():
-        u = torch.rand_like(logits, dtype=torch.float32).clamp_(1e-9, 1.0)
+        u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-9, 1.0)
         return (logits.float() - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
@@ -146,6 +149,7 @@ class ReplacedTokenDetection(MaskedLM):
         """Keep ``input_ids`` (the original); add the generator's masked input and its labels."""
         chosen = self.choose(batch, generator)
         batch["rtd_input_ids"], batch["rtd_labels"] = self.corrupt_ids(batch["input_ids"], chosen, generator)
+        batch["rtd_scored"] = self.candidates(batch)  # real, non-special tokens: the discriminator's
         return batch
 
     def corrupt_ids(self, ids: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator):
@@ -168,13 +172,19 @@ class ReplacedTokenDetection(MaskedLM):
         gen_loss = F.cross_entropy(logits.float(), target) if target.numel() else logits.sum() * 0.0
 
         # Discriminator: the model itself, on the generator's samples, every real token scored.
-        disc_input, is_replaced = replaced_labels(original, sample_tokens(logits), chosen)
+        # held-out scores use fixed draws, so that evaluations (and best-checkpoint choices) compare
+        fixed = None if model.training else torch.Generator(device=logits.device).manual_seed(0)
+        disc_input, is_replaced = replaced_labels(original, sample_tokens(logits, fixed), chosen)
         inputs = {k: v for k, v in {"input_ids": disc_input, **extra}.items() if k in MODEL_INPUTS}
         hidden = body(**inputs).last_hidden_state
-        scored = self.candidates(batch)  # real, non-special tokens
+        scored = batch["rtd_scored"]
         disc_logits = head(hidden[scored]).squeeze(-1)  # (M,)
         truth = is_replaced[scored]
-        disc_loss = F.binary_cross_entropy_with_logits(disc_logits.float(), truth)
+        disc_loss = (
+            F.binary_cross_entropy_with_logits(disc_logits.float(), truth)
+            if truth.numel()
+            else disc_logits.sum() * 0.0
+        )
         with torch.no_grad():
             correct = ((disc_logits > 0).float() == truth).sum()
             gen_correct = (logits.argmax(-1) == target).sum()

@@ -8,8 +8,8 @@ the sentence. Two options of ``lmvalue finetune`` address that:
   transformers expects them, so the folder loads in plain transformers — but plain transformers
   pools the ``[CLS]`` state; lmvalue (``predict``, ``evaluate``, ``serve``) reads
   ``lmvalue_pooling: mean`` from ``config.json`` and pools the mean.
-* ``model.reinit_layers=N``: the top N encoder layers (and the pooler) start from a fresh seeded
-  init, as in Zhang et al. 2021 ("Revisiting few-sample BERT fine-tuning"): the top layers of a
+* ``model.reinit_layers=N`` (method ``full``): the top N encoder layers (and the pooler) start from a
+  fresh seeded init (normal(0, initializer_range) weights, zero biases, unit LayerNorms), as in Zhang et al. 2021 ("Revisiting few-sample BERT fine-tuning"): the top layers of a
   pretrained model are the most specialised to the pretraining task.
 """
 
@@ -63,6 +63,10 @@ def set_pooling(model, pooling: str) -> None:
     if pooling not in POOLINGS:
         raise ConfigError(f"model.pooling={pooling!r} must be one of {', '.join(POOLINGS)}")
     if pooling == "cls":
+        if hasattr(
+            model.config, POOLING_KEY
+        ):  # a checkpoint fine-tuned with mean pooling, now trained on [CLS]
+            delattr(model.config, POOLING_KEY)
         return
     encoder = _encoder_with_pooler(model)
     if encoder is None:
@@ -86,7 +90,7 @@ def set_pooling(model, pooling: str) -> None:
 
 
 def reinit_top_layers(model, n: int) -> int:
-    """Re-initialise the top ``n`` encoder layers and the pooler (transformers' own init).
+    """Re-initialise the top ``n`` encoder layers and the pooler (BERT's init scheme).
 
     Returns:
         the number of layers re-initialised.
@@ -103,7 +107,15 @@ def reinit_top_layers(model, n: int) -> int:
     modules = list(layers[len(layers) - n :])
     if getattr(base, "pooler", None) is not None:
         modules.append(base.pooler)
-    for block in modules:
-        for module in block.modules():
-            model._init_weights(module)
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():  # directly: transformers' _init_weights skips weights loaded from a checkpoint
+        for block in modules:
+            for module in block.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                elif isinstance(module, torch.nn.LayerNorm):
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
     return n

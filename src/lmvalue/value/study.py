@@ -100,6 +100,9 @@ def parse_arm(spec: str) -> Arm:
 
 
 DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
+# The recipe measured to pay for small models pretrained on a CPU budget (docs/value-recipes.md). It is
+# applied to the arms it was measured on (scratch and pretrained:*), never to checkpoint:/continued: arms,
+# whose models (e.g. a BERT-base) want their own, lower rates.
 RECIPE_PRETRAIN = {"train.lr": 1e-3}
 RECIPE_FINETUNE = {"train.lr_search": [3e-4, 1e-3]}
 
@@ -126,8 +129,11 @@ class StudyConfig:
     pretrain_minutes: float = 20.0
     pretrain_max_steps: int = 100_000
     # dotted PretrainConfig overrides for every arm / FinetuneConfig overrides for every cell
-    pretrain_overrides: dict = field(default_factory=lambda: dict(RECIPE_PRETRAIN))
-    finetune_overrides: dict = field(default_factory=lambda: dict(RECIPE_FINETUNE))
+    pretrain_overrides: dict = field(default_factory=dict)
+    finetune_overrides: dict = field(default_factory=dict)
+    # recipe: RECIPE_PRETRAIN for pretrained:* arms and RECIPE_FINETUNE for scratch and pretrained:* cells,
+    # under the overrides above (a cell whose overrides set train.lr or train.lr_search gets no search)
+    recipe: bool = True
     resume: bool = False
     overwrite: bool = False
 
@@ -426,7 +432,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
         method = build_config(
             FinetuneConfig,
             overrides={
-                **cfg.finetune_overrides,
+                **{k: v for k, v in cfg.finetune_overrides.items() if k not in HEAD_OPTIONS},
                 "method.name": "embeddings",
                 "method.vectors": str(data["corpus_path"]),
             },
@@ -445,13 +451,15 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     if arm.kind == "prompt":  # the study's own masked LM: the same pretraining as pretrained:mlm
         arm = Arm(name="pretrained:mlm", kind="pretrained", arg="mlm", method=arm.method)
     # Named after the arm without its method: pretrained:mlm/full and pretrained:mlm/lora share one pretraining.
-    run_dir = study_dir / "arms" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", arm.name.partition("/")[0])
+    run_dir = study_dir / "arms" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{arm.kind}:{arm.arg}")
     overrides = {
         "data.source": str(data["corpus_path"]),
         "train.output_dir": str(run_dir),
         "train.max_minutes": cfg.pretrain_minutes,
         "train.max_steps": cfg.pretrain_max_steps,
         "train.seed": 0,
+        # the recipe's rate suits a fresh small model, not a checkpoint (continued:) being adapted
+        **(RECIPE_PRETRAIN if cfg.recipe and arm.kind == "pretrained" else {}),
         **cfg.pretrain_overrides,
     }
     if arm.kind == "pretrained":
@@ -502,6 +510,12 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
         "train.progress": False,
         **cfg.finetune_overrides,
     }
+    if (
+        cfg.recipe
+        and arm.kind in ("scratch", "pretrained")
+        and not {"train.lr", "train.lr_search"} & set(cfg.finetune_overrides)
+    ):
+        overrides.update(RECIPE_FINETUNE)
     if arm.kind in ("tfidf", "embeddings") or arm.method in ("zero-shot", "pet", "in-context"):
         for key in HEAD_OPTIONS:  # options of a task head: these arms have none
             overrides.pop(key, None)
