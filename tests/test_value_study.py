@@ -110,6 +110,18 @@ def test_existing_study_is_not_overwritten(labeled_csv, tmp_path):
     assert (tmp_path / "s" / "results.sqlite").stat().st_mtime_ns == before
 
 
+def test_resume_refuses_settings_that_would_mix_results(labeled_csv, tmp_path):
+    kw = study_kwargs(labeled_csv, tmp_path / "s")
+    fake = lambda *a: {"metrics": {"accuracy": 0.5}}  # noqa: E731
+    run_study(StudyConfig(**kw), cell_runner=fake)
+    with pytest.raises(ConfigError, match="preset: 'mini' now, 'tiny' when started"):
+        run_study(StudyConfig(**kw, preset="mini", resume=True), cell_runner=fake)
+    with pytest.raises(ConfigError, match="finetune_overrides"):
+        run_study(StudyConfig(**kw, finetune_overrides={"train.lr": 1e-4}, resume=True), cell_runner=fake)
+    # more arms, budgets or seeds are fine
+    run_study(StudyConfig(**{**kw, "seeds": 3}, resume=True), cell_runner=fake)
+
+
 def test_budgets_larger_than_the_pool_are_capped(labeled_csv, tmp_path, caplog):
     kw = {**study_kwargs(labeled_csv, tmp_path / "s"), "budgets": [8, 5000], "arms": ["tfidf"], "seeds": 1}
     with caplog.at_level("WARNING", logger="lmvalue"):

@@ -25,6 +25,7 @@ Arms (``name[/method]``, method one of the fine-tuning methods, default ``full``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -209,6 +210,7 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
     arms = [parse_arm(a) for a in cfg.arms]
     study_dir = Path(cfg.output_dir)
     _prepare_folder(study_dir, cfg)
+    _check_resume_settings(study_dir, cfg)
     registry = Registry(study_dir / "results.sqlite")
     try:
         data = _prepare_data(cfg, study_dir, registry)
@@ -295,6 +297,52 @@ def write_study_report(study_dir: str | Path) -> dict:
 
 
 # --- preparation -------------------------------------------------------------------------------
+
+
+# Settings that decide every cell's result: a resumed study must keep them (arms, budgets and seeds may grow).
+RESULT_SETTINGS = (
+    "data",
+    "test",
+    "test_size",
+    "text_column",
+    "label_column",
+    "corpus",
+    "metric",
+    "preset",
+    "vocab_size",
+    "pretrain_minutes",
+    "pretrain_max_steps",
+    "pretrain_overrides",
+    "finetune_overrides",
+    "recipe",
+)
+
+
+def _check_resume_settings(study_dir: Path, cfg: StudyConfig) -> None:
+    """Refuse to resume a study with settings that would mix results made two ways.
+
+    A study started before ``recipe`` existed keeps running without it.
+    """
+    path = study_dir / "study.json"
+    if not cfg.resume or not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
+    if "recipe" not in saved and cfg.recipe:
+        log.info("resuming a study made before the default recipe existed: it goes on without it")
+        cfg.recipe = False
+    mine = dataclasses.asdict(cfg)
+    differ = [
+        f"{key}: {mine[key]!r} now, {saved[key]!r} when started"
+        for key in RESULT_SETTINGS
+        if key in saved and json.loads(json.dumps(mine[key])) != saved[key]
+    ]
+    if differ:
+        raise ConfigError(
+            f"--resume would mix results made with other settings in {study_dir}:\n  - "
+            + "\n  - ".join(differ)
+            + "\nResume with the settings it was started with (see its study.json), or start a new study "
+            "(another -o, or --overwrite)"
+        )
 
 
 def _prepare_folder(study_dir: Path, cfg: StudyConfig) -> None:
