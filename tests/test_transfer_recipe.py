@@ -31,34 +31,45 @@ def test_llrd_groups_scale_each_layer_and_keep_every_weight_once():
     assert decay_of[id(names["bert.encoder.layer.1.output.dense.weight"])] == 0.01
 
 
-def test_a_run_takes_llrd_and_bad_values_are_refused(char_tokenizer_dir, tmp_path):
+def _reviews():
     import random
 
     from lmvalue.data.budget import dedupe
     from lmvalue.data.sources import load_labeled
-    from lmvalue.finetune import finetune
 
     examples, _ = dedupe(load_labeled("demo:zh-reviews"))
     random.Random(0).shuffle(examples)
-    cfg = build_config(
-        FinetuneConfig,
-        overrides={
-            "model.preset": "tiny",
-            "model.hidden": 64,
-            "model.heads": 2,
-            "model.ffn": 128,
-            "model.from_scratch": True,
-            "model.tokenizer": str(char_tokenizer_dir),
-            "data.test_size": 100,
-            "data.max_length": 32,
-            "budget.train_size": 100,
-            "train.llrd": 0.5,
-            "train.max_steps": 5,
-            "train.min_steps": 5,
-            "train.output_dir": str(tmp_path / "run"),
-            "train.progress": False,
-        },
-    )
+    return examples
+
+
+def _tiny_run(char_tokenizer_dir, tmp_path) -> dict:
+    """Overrides of a few-step fine-tuning run of a tiny BERT from scratch on 100 reviews."""
+    return {
+        "model.preset": "tiny",
+        "model.hidden": 64,
+        "model.heads": 2,
+        "model.ffn": 128,
+        "model.from_scratch": True,
+        "model.tokenizer": str(char_tokenizer_dir),
+        "data.test_size": 100,
+        "data.max_length": 32,
+        "budget.train_size": 100,
+        "train.output_dir": str(tmp_path / "run"),
+        "train.progress": False,
+    }
+
+
+def test_a_run_takes_llrd_and_bad_values_are_refused(char_tokenizer_dir, tmp_path):
+    from lmvalue.finetune import finetune
+
+    examples = _reviews()
+    over = {
+        **_tiny_run(char_tokenizer_dir, tmp_path),
+        "train.llrd": 0.5,
+        "train.max_steps": 5,
+        "train.min_steps": 5,
+    }
+    cfg = build_config(FinetuneConfig, overrides=over)
     m = finetune(cfg, train_examples=examples[:600])
     assert m["steps"] == 5 and m["evals"][-1]["step"] == 5
     with pytest.raises(ConfigError, match="train.llrd"):
@@ -140,32 +151,17 @@ def test_reinit_layers_reaches_weights_loaded_from_a_checkpoint(tmp_path):
 
 
 def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_tokenizer_dir, tmp_path):
-    import random
-
-    from lmvalue.data.budget import dedupe
-    from lmvalue.data.sources import load_labeled
     from lmvalue.finetune import finetune
     from lmvalue.inference import load_task_model, score
 
-    examples, _ = dedupe(load_labeled("demo:zh-reviews"))
-    random.Random(0).shuffle(examples)
+    examples = _reviews()
     over = {
-        "model.preset": "tiny",
-        "model.hidden": 64,
-        "model.heads": 2,
-        "model.ffn": 128,
-        "model.from_scratch": True,
-        "model.tokenizer": str(char_tokenizer_dir),
+        **_tiny_run(char_tokenizer_dir, tmp_path),
         "model.pooling": "mean",
         "model.reinit_layers": 1,
-        "data.test_size": 100,
-        "data.max_length": 32,
-        "budget.train_size": 100,
         "train.max_steps": 30,
         "train.min_steps": 30,
         "train.lr": 1e-3,
-        "train.output_dir": str(tmp_path / "run"),
-        "train.progress": False,
     }
     m = finetune(build_config(FinetuneConfig, overrides=over), train_examples=examples[:600])
     task = load_task_model(m["model_dir"])

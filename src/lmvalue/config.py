@@ -265,6 +265,8 @@ class PretrainConfig:
 # below only add fields and change defaults, so the training loop takes them as they are.
 
 TASK_KINDS = ("auto", "classification", "pair", "tagging")
+# Methods without a network task head (model.pooling / model.reinit_layers do not apply to them).
+HEADLESS_METHODS = ("tfidf", "embeddings", "zero-shot", "pet", "in-context")
 TASK_METRICS = ("auto", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
 
 
@@ -532,29 +534,17 @@ class FinetuneConfig:
             )
         if self.model.pooling not in ("cls", "mean"):
             out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")
+        headless = self.method.name in HEADLESS_METHODS
         if self.model.reinit_layers < 0:
             out.append(f"model.reinit_layers={self.model.reinit_layers} must be >= 0")
-        elif self.model.reinit_layers and self.method.name not in (
-            "full",
-            "tfidf",
-            "embeddings",
-            "zero-shot",
-            "pet",
-            "in-context",
-        ):
+        if headless and (self.model.pooling != "cls" or self.model.reinit_layers):
+            out.append(
+                f"model.pooling / model.reinit_layers shape a task head; method {self.method.name} has none"
+            )
+        elif self.model.reinit_layers > 0 and self.method.name != "full":
             out.append(
                 f"model.reinit_layers needs method full: {self.method.name} would freeze the re-initialised "
                 "layers at random weights"
-            )
-        if (self.model.pooling != "cls" or self.model.reinit_layers) and self.method.name in (
-            "tfidf",
-            "embeddings",
-            "zero-shot",
-            "pet",
-            "in-context",
-        ):
-            out.append(
-                f"model.pooling / model.reinit_layers shape a task head; method {self.method.name} has none"
             )
         if self.train.llrd is not None and not 0 < self.train.llrd <= 1:
             out.append(f"train.llrd={self.train.llrd} must be in (0, 1] (e.g. 0.8), or none")

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 import lmvalue
+from lmvalue.config import HEADLESS_METHODS
 from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.value.overlap import describe_overlap, text_overlap
 from lmvalue.value.registry import Registry
@@ -564,7 +565,7 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
         and not {"train.lr", "train.lr_search"} & set(cfg.finetune_overrides)
     ):
         overrides.update(RECIPE_FINETUNE)
-    if arm.kind in ("tfidf", "embeddings") or arm.method in ("zero-shot", "pet", "in-context"):
+    if arm.method in HEADLESS_METHODS:
         for key in HEAD_OPTIONS:  # options of a task head: these arms have none
             overrides.pop(key, None)
     if arm.kind == "tfidf":
