@@ -176,7 +176,8 @@ def main() -> None:
     p.add_argument(
         "--no-ablation",
         action="store_true",
-        help="skip the ablation rows (fp32; fp32 with the full output projection; torch's dropout; no dropout)",
+        help="skip the ablation rows (fp32; fp32 with the full output projection; SDPA attention; "
+        "torch's dropout; both; no dropout)",
     )
     args = p.parse_args()
 
@@ -228,7 +229,12 @@ def main() -> None:
                     "train.precision": "fp32",
                     "objective.sparse_head": False,
                 },
+                "lmvalue, SDPA attention": {"train.fast_attention": False},
                 "lmvalue, torch dropout": {"train.fast_dropout": False},
+                "lmvalue, torch dropout, SDPA attention": {
+                    "train.fast_dropout": False,
+                    "train.fast_attention": False,
+                },
                 "lmvalue, dropout 0": {"model.dropout": 0.0},
             }
             for name, extra in rows.items():

@@ -214,6 +214,11 @@ class TrainConfig:
     fast_dropout: bool = _f(
         True, "CPU: dropout with a cheaper random mask (same drop rate to 1/65536; see docs/performance.md)"
     )
+    fast_attention: bool = _f(
+        True,
+        "CPU training: attention by plain matmuls with the cheaper dropout mask instead of SDPA's "
+        "(used with dropout or bf16; see docs/performance.md)",
+    )
     progress: bool = _f(True, "show a progress bar")
     resume: bool = _f(False, "continue the run in output_dir from its last checkpoint")
     overwrite: bool = _f(False, "replace a finished or unfinished run in output_dir")

@@ -9,7 +9,8 @@ scaled by ``1 / (1 - p')`` for that exact ``p'``, so the expectation is preserve
 kept as one byte per element for the backward pass.
 
 The swap replaces the ``nn.Dropout`` modules of a model in place (same ``p``; no weights, so saved
-checkpoints are unchanged); attention-probability dropout inside SDPA is not a module and is untouched.
+checkpoints are unchanged); attention-probability dropout is not a module: :mod:`lmvalue.attention`
+(``train.fast_attention``) applies this mask to it.
 It draws from torch's global generator, which the training loop seeds and checkpoints.
 """
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmvalue.attention import use_cpu_attention
 from lmvalue.checkpoint import STATE_FILE, RunDir, write_json_atomic
 from lmvalue.config import TrainConfig
 from lmvalue.dropout import use_fast_dropout
@@ -217,6 +218,8 @@ def train_loop(
             _set_rng_state(torch.load(rng_file, weights_only=False))
     if cfg.fast_dropout:
         use_fast_dropout(model)  # no weights change: saved checkpoints are the same
+    if cfg.fast_attention:
+        use_cpu_attention(model)  # CPU training only; evaluation and GPUs keep SDPA
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     # Only the training forward is compiled; evaluation, saving and unwrapping use the module itself
