@@ -338,3 +338,68 @@ def test_the_recipe_reaches_the_small_model_arms_only_and_yields_to_the_user(tmp
             for key, value in user.items():
                 assert over[key] == value
     assert not StudyConfig(recipe=False).recipe
+
+
+def test_arm_options_parse_and_are_refused_where_they_do_not_apply():
+    from lmvalue.value.study import parse_arm
+
+    arm = parse_arm("pretrained:mlm@model.preset=mini,data.block_size=64/lora")
+    assert (arm.kind, arm.arg, arm.method) == ("pretrained", "mlm", "lora")
+    assert arm.options == {"model.preset": "mini", "data.block_size": "64"}
+    assert arm.pretraining == "pretrained:mlm@model.preset=mini,data.block_size=64"
+    arm = parse_arm("continued:hfl/rbt3@train.lr=1e-4")
+    assert (arm.arg, arm.options) == ("hfl/rbt3", {"train.lr": "1e-4"})
+    assert parse_arm("continued:/data/x@y/model").options == {}  # an "@" of a path, not options
+    assert parse_arm("pretrained:mlm").pretraining == "pretrained:mlm"
+    problems = {
+        "pretrained:mlm@preset=mini": "section.field=VALUE",
+        "pretrained:mlm@data.source=x.txt": "set by the study",
+        "pretrained:mlm@model.tokenizer=tok": "set by the study",
+        "prompt:zero@train.lr=1": "only pretrained: and continued:",
+        "pretrained:mlm@model.presett=mini": "unknown option 'model.presett'",
+        "pretrained:mlm@data.block_size=abc": "expected int",
+    }
+    for spec, message in problems.items():
+        found = StudyConfig(arms=[spec]).problems()
+        assert len(found) == 1 and message in found[0] and spec in found[0], (spec, found)
+
+
+def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
+    """Two pretrained arms of one study, one with its own depth and block size: two pretrainings."""
+    seen = []
+
+    def runner(arm, state, train, test, budget, seed, study):
+        seen.append((arm.name, state["model"]))
+        return {"metrics": {"accuracy": 0.5}}
+
+    other = "pretrained:mlm@model.num_layers=1,data.block_size=32"
+    kw = study_kwargs(labeled_csv, tmp_path / "study")
+    kw.update(arms=["pretrained:mlm", other], seeds=1, budgets=[8], pretrain_max_steps=4)
+    kw["pretrain_overrides"] = {
+        "model.hidden": 32,
+        "model.heads": 2,
+        "model.ffn": 64,
+        "train.batch_size": 4,
+        "train.eval_every": 1000,
+        "train.progress": False,
+    }
+    cfg = StudyConfig(**kw)
+    summary = run_study(cfg, cell_runner=runner)
+    assert not summary["failures"]
+    arms = tmp_path / "study" / "arms"
+    folders = sorted(p.name for p in arms.iterdir())
+    assert folders == ["pretrained_mlm", "pretrained_mlm_model.num_layers_1_data.block_size_32"]
+    layers = {
+        f: json.loads((arms / f / "model" / "config.json").read_text())["num_hidden_layers"] for f in folders
+    }
+    assert layers == {folders[0]: 2, folders[1]: 1}
+    import yaml
+
+    blocks = {
+        f: yaml.safe_load((arms / f / "config.yaml").read_text())["data"]["block_size"] for f in folders
+    }
+    assert blocks[folders[1]] == 32 and blocks[folders[0]] != 32
+    assert {name: model for name, model in seen} == {
+        "pretrained:mlm": str(arms / folders[0] / "model"),
+        other: str(arms / folders[1] / "model"),
+    }

@@ -58,14 +58,51 @@ PROMPT_ARMS = {"zero": "zero-shot", "pet": "pet"}
 
 @dataclass
 class Arm:
-    name: str  # as given, e.g. "pretrained:mlm+sop/lora"
+    name: str  # as given, e.g. "pretrained:mlm+sop/lora" or "pretrained:mlm@model.preset=mini"
     kind: str
     arg: str | None
     method: str
+    # pretraining settings of this arm only (after "@"), over the study's --pretrain overrides
+    options: dict = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.name).strip("_")
+
+    @property
+    def pretraining(self) -> str:
+        """The arm without its method: arms that differ only in the method share one pretraining."""
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.kind}:{self.arg}" + (f"@{opts}" if opts else "")
+
+
+# Set by the study for every pretraining arm; an arm option may not change them.
+STUDY_PRETRAIN_KEYS = (
+    "data.source",
+    "train.output_dir",
+    "model.tokenizer",
+    "objective.names",
+    "model.init_from",
+)
+
+
+def parse_arm_options(spec: str, text: str) -> dict:
+    """``key=value,key=value`` after an arm's "@" (dotted `lmvalue pretrain` keys) as a dict."""
+    options = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or "." not in key or not value.strip():
+            raise ConfigError(
+                f"arm {spec!r}: {item!r} is not a pretraining option; write section.field=VALUE after '@', "
+                "several separated by commas, e.g. pretrained:mlm@model.preset=mini,data.block_size=64"
+            )
+        if key in STUDY_PRETRAIN_KEYS:
+            raise ConfigError(
+                f"arm {spec!r}: {key} is set by the study for every arm and cannot be changed per arm"
+            )
+        options[key] = value.strip()
+    return options
 
 
 def parse_arm(spec: str) -> Arm:
@@ -76,6 +113,18 @@ def parse_arm(spec: str) -> Arm:
     head, slash, last = spec.rpartition("/")
     base, method = (head, last) if slash and last in METHODS else (spec, "")
     kind, _, arg = base.partition(":")
+    options: dict = {}
+    if kind == "pretrained" and "@" in arg:
+        arg, _, text = arg.partition("@")
+        options = parse_arm_options(spec, text)
+    elif kind == "continued" and "=" in arg.rpartition("@")[2]:  # a path may hold an "@" of its own
+        arg, _, text = arg.rpartition("@")
+        options = parse_arm_options(spec, text)
+    elif "@" in base and kind in ARM_KINDS and kind not in ("checkpoint", "continued"):
+        raise ConfigError(
+            f"arm {spec!r}: options after '@' set an arm's pretraining, so only pretrained: and continued: "
+            "arms take them"
+        )
     if kind not in ARM_KINDS:
         raise ConfigError(
             f"unknown arm {spec!r}: an arm is one of {', '.join(ARM_KINDS)} (e.g. pretrained:mlm, scratch/lora)"
@@ -97,7 +146,11 @@ def parse_arm(spec: str) -> Arm:
             )
         return Arm(name=spec, kind=kind, arg=arg, method=PROMPT_ARMS[arg])
     return Arm(
-        name=spec, kind=kind, arg=arg or None, method=method or (kind if kind in NO_NETWORK else "full")
+        name=spec,
+        kind=kind,
+        arg=arg or None,
+        method=method or (kind if kind in NO_NETWORK else "full"),
+        options=options,
     )
 
 
@@ -143,9 +196,13 @@ class StudyConfig:
         out = []
         for spec in self.arms:
             try:
-                parse_arm(spec)
+                arm = parse_arm(spec)
+                if arm.options:  # unknown keys and bad values are found now, not after other arms ran
+                    from lmvalue.config import PretrainConfig, build_config
+
+                    build_config(PretrainConfig, overrides=arm.options)
             except ConfigError as e:
-                out.append(str(e))
+                out.append(f"arm {spec!r}: {e}" if spec not in str(e) else str(e))
         if self.seeds < 1:
             out.append("seeds must be >= 1")
         if self.budgets is not None and any(b < 2 for b in self.budgets):
@@ -500,7 +557,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     if arm.kind == "prompt":  # the study's own masked LM: the same pretraining as pretrained:mlm
         arm = Arm(name="pretrained:mlm", kind="pretrained", arg="mlm", method=arm.method)
     # Named after the arm without its method: pretrained:mlm/full and pretrained:mlm/lora share one pretraining.
-    run_dir = study_dir / "arms" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{arm.kind}:{arm.arg}")
+    run_dir = study_dir / "arms" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", arm.pretraining)
     overrides = {
         "data.source": str(data["corpus_path"]),
         "train.output_dir": str(run_dir),
@@ -521,6 +578,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
         )
     else:  # continued: the checkpoint's own architecture and tokenizer
         overrides.update({"model.init_from": arm.arg})
+    overrides.update(arm.options)  # this arm's own settings win over the study's
     from lmvalue.checkpoint import RunDir
 
     run = RunDir(run_dir)
