@@ -271,7 +271,7 @@ class PretrainConfig:
 
 TASK_KINDS = ("auto", "classification", "pair", "tagging")
 # Methods without a network task head (model.pooling / model.reinit_layers do not apply to them).
-HEADLESS_METHODS = ("tfidf", "embeddings", "zero-shot", "pet", "in-context")
+HEADLESS_METHODS = ("tfidf", "embeddings", "probe", "zero-shot", "pet", "in-context")
 TASK_METRICS = ("auto", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
 
 
@@ -394,7 +394,8 @@ class BudgetConfig:
 class MethodConfig:
     name: str = _f(
         "full",
-        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | embeddings | zero-shot | pet | in-context",
+        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | embeddings | probe | zero-shot | pet "
+        "| in-context",
     )
     merge: bool = _f(False, "also write merged/, a plain transformers model with the adapter folded in")
     lora_r: int = _f(8, "lora: rank of the update")
@@ -424,6 +425,9 @@ class MethodConfig:
         None,
         "embeddings: text to learn word vectors from (file, folder, demo:NAME; cached), or a vectors file "
         "(.kv, word2vec .bin/.vec)",
+    )
+    probe_layers: str = _f(
+        "all", "probe: hidden states averaged: all (embedding output and every layer) | last"
     )
     vectors_dim: int = _f(200, "embeddings: vector size")
     vectors_epochs: int = _f(5, "embeddings: word2vec passes over the text")
@@ -467,6 +471,8 @@ class MethodConfig:
                 "method embeddings needs method.vectors: a text corpus to learn word vectors from (a file, "
                 "folder or demo:NAME), or a saved vectors file (.kv, word2vec .bin/.vec)"
             )
+        if self.probe_layers not in ("all", "last"):
+            out.append(f"method.probe_layers={self.probe_layers!r} must be all or last")
         if self.tfidf_analyzer not in ("auto", "char", "word"):
             out.append(f"method.tfidf_analyzer={self.tfidf_analyzer!r} must be auto, char or word")
         if self.tfidf_ngrams is not None and (
@@ -536,6 +542,11 @@ class FinetuneConfig:
         if self.model.from_scratch and not self.model.init_from and not self.model.tokenizer:
             out.append(
                 "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"
+            )
+        if self.method.name == "probe" and (self.model.from_scratch or not self.model.init_from):
+            out.append(
+                "method probe reads the features of a pretrained encoder: set model.init_from (a pretrained "
+                "run, checkpoint folder or hub name) and leave model.from_scratch off"
             )
         if self.model.pooling not in ("cls", "mean"):
             out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")

@@ -462,7 +462,7 @@ def finetune(
         "method": method.name,
         "start": "none"
         if method.name in ("tfidf", "embeddings")
-        else (cfg.model.init_from or f"preset:{cfg.model.preset}"),
+        else (cfg.model.init_from or f"preset:{cfg.model.preset}"),  # probe: its encoder
         "from_scratch": method.name not in ("tfidf", "embeddings") and bool(cfg.model.from_scratch),
         "seed": cfg.train.seed,
         "precision": resolve_precision(cfg.train.precision) if accelerator is not None else None,
@@ -505,10 +505,10 @@ def _save_common(folder: Path, cfg: FinetuneConfig, spec: TaskSpec, name: str, t
 
 
 def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
-    """``tfidf`` or ``embeddings``: features + logistic regression, C chosen on the dev split."""
-    from lmvalue.methods import embeddings, tfidf
+    """``tfidf``, ``embeddings`` or ``probe``: features + logistic regression, C chosen on the dev split."""
+    from lmvalue.methods import embeddings, probe, tfidf
 
-    trainer = embeddings if name == "embeddings" else tfidf
+    trainer = {"embeddings": embeddings, "probe": probe}.get(name, tfidf)
 
     spec = data.spec
 
@@ -519,7 +519,8 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
         return scores[spec.metric], -scores["loss"]
 
     t0, c0 = time.perf_counter(), time.process_time()
-    pipe, fit_info = trainer.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score)
+    extra = {"encoder": cfg.model.init_from, "max_length": cfg.data.max_length} if name == "probe" else {}
+    pipe, fit_info = trainer.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score, **extra)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     task = TaskModel(spec=spec, pipeline=pipe)
     dev_scores = score(task, data.dev) if data.dev else {}
@@ -531,6 +532,14 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
             fit_info["analyzer"],
             fit_info["ngram_range"],
             fit_info["features"],
+            fit_info["C"],
+        )
+    elif name == "probe":
+        log.info(
+            "probe: %d features (%s layers) of %s, C=%g",
+            fit_info["dim"],
+            fit_info["layers"],
+            fit_info["encoder"],
             fit_info["C"],
         )
     else:
@@ -556,7 +565,7 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
     if cfg.train.save_model:
 
         def write(folder: Path):
-            tfidf.save(pipe, folder)
+            (probe if name == "probe" else tfidf).save(pipe, folder)
             _save_common(folder, cfg, spec, name)
 
         result["model_dir"] = str(run.write_dir_atomic("model", write))

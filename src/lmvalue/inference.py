@@ -191,10 +191,11 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     method_info = read_json(folder / METHOD_FILE) if (folder / METHOD_FILE).is_file() else {}
     name = method_info.get("name", "full")
     max_length = int(method_info.get("max_length", 128))
-    if name in ("tfidf", "embeddings"):
-        from lmvalue.methods import tfidf
+    if name in ("tfidf", "embeddings", "probe"):
+        from lmvalue.methods import probe, tfidf
 
-        return TaskModel(spec=TaskSpec.load(folder), pipeline=tfidf.load(folder), batch_size=batch_size)
+        pipeline = (probe if name == "probe" else tfidf).load(folder)
+        return TaskModel(spec=TaskSpec.load(folder), pipeline=pipeline, batch_size=batch_size)
     if name == "in-context":
         from transformers import AutoModelForCausalLM
 

@@ -131,6 +131,11 @@ METHODS: dict[str, Method] = {
         "word2vec vectors learned from unlabeled text, averaged + logistic regression",
         apply=None,
     ),
+    "probe": Method(
+        "probe",
+        "a frozen encoder's mean-pooled hidden states + logistic regression (linear probe)",
+        apply=None,
+    ),
     # Prompt methods ask a masked LM the task as a cloze question (lmvalue.prompting).
     "zero-shot": Method(
         "zero-shot", "cloze prompt of the masked LM, no training (labels only score it)", apply=None

@@ -138,6 +138,11 @@ def parse_arm(spec: str) -> Arm:
         raise ConfigError(f"arm {spec!r} needs an argument, e.g. {hint[kind]}")
     if kind in NO_NETWORK and method:
         raise ConfigError(f"arm {spec!r}: {kind} has no fine-tuning method")
+    if kind == "scratch" and method == "probe":
+        raise ConfigError(
+            f"arm {spec!r}: a probe reads a pretrained encoder's features; use it on pretrained:, "
+            "checkpoint: or continued: arms (e.g. pretrained:mlm/probe)"
+        )
     if kind == "prompt":
         if arg not in PROMPT_ARMS or method:
             raise ConfigError(

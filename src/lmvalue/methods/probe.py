@@ -1,0 +1,160 @@
+"""A linear probe: a frozen encoder's mean-pooled hidden states + logistic regression.
+
+The encoder is not trained at all: each input is encoded once, its hidden states are averaged over
+the tokens (padding left out), standardized with the training split's statistics, and a logistic
+regression is fitted per ``method.tfidf_c``; the regularization strength is chosen on the dev split,
+as for ``tfidf`` and ``embeddings``. With a few dozen labels this has far less variance than
+fine-tuning every weight, which is what a small, briefly pretrained model needs (see
+docs/value-recipes.md). ``method.probe_layers`` picks the states: ``all`` (the mean over the embedding
+output and every layer) or ``last``.
+
+A saved probe is a folder with the pipeline (``tfidf.joblib``, as the other scikit-learn methods) and
+the encoder it reads (``encoder/``, a Hugging Face folder), so ``predict``/``serve`` need nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lmvalue.errors import DataError
+
+log = logging.getLogger("lmvalue")
+ENCODER_DIR = "encoder"
+PAIR_SEP = " \x1f "  # lmvalue.methods.tfidf._inputs joins a pair with it
+
+
+class EncoderFeatures:
+    """scikit-learn transformer: mean-pooled hidden states of a frozen encoder (float32 array)."""
+
+    def __init__(self, encoder: str, layers: str = "all", max_length: int = 128, batch_size: int = 64):
+        self.encoder, self.layers, self.max_length, self.batch_size = encoder, layers, max_length, batch_size
+        self._model = self._tokenizer = None
+        self._memo: dict[str, np.ndarray] = {}
+
+    def __getstate__(self):  # the pickled pipeline names the encoder folder; weights live there
+        state = dict(self.__dict__)
+        state.update(_model=None, _tokenizer=None, _memo={})
+        return state
+
+    def fit(self, x, y=None):
+        return self
+
+    def _load(self):
+        if self._model is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.encoder)
+            self._model = AutoModel.from_pretrained(self.encoder).eval()
+        return self._model, self._tokenizer
+
+    @property
+    def model(self):
+        return self._load()[0]
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        todo = sorted({t for t in texts if t not in self._memo}, key=len)
+        if todo:
+            model, tok = self._load()
+            for i in range(0, len(todo), self.batch_size):
+                chunk = todo[i : i + self.batch_size]
+                split = [t.split(PAIR_SEP, 1) for t in chunk]
+                firsts = [s[0] for s in split]
+                seconds = [s[1] for s in split] if all(len(s) == 2 for s in split) else None
+                enc = tok(
+                    firsts,
+                    seconds,
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                with torch.inference_mode():
+                    out = model(**enc, output_hidden_states=True)
+                states = out.hidden_states
+                h = states[-1] if self.layers == "last" else torch.stack(states).mean(0)
+                mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+                for text, row in zip(chunk, pooled.float().numpy(), strict=True):
+                    self._memo[text] = row
+        return np.stack([self._memo[t] for t in texts]).astype(np.float32)
+
+
+class ProbeClassifier:
+    """Encoder features -> standardization -> logistic regression, with the pipeline interface that
+    :func:`lmvalue.methods.tfidf.probabilities` and ``n_parameters`` read."""
+
+    def __init__(self, features: EncoderFeatures, scaler, clf):
+        self.named_steps = {"features": features, "scale": scaler, "logreg": clf}
+
+    @property
+    def classes_(self):
+        return self.named_steps["logreg"].classes_
+
+    def predict_proba(self, texts):
+        x = self.named_steps["scale"].transform(self.named_steps["features"].transform(texts))
+        return self.named_steps["logreg"].predict_proba(x)
+
+
+def train(
+    train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score, *, encoder: str, max_length: int
+) -> tuple[object, dict]:
+    """Encode the training split once, fit one logistic regression per ``cfg.tfidf_c``, keep the best on ``dev``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from lmvalue.methods.tfidf import _inputs
+
+    if spec.level == "token":
+        raise DataError("method probe supports classification and pair tasks, not tagging")
+    features = EncoderFeatures(encoder, cfg.probe_layers, max_length)
+    x = features.transform(_inputs(train_set))
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    labels = [ex["label"] for ex in train_set]
+    grid = list(cfg.tfidf_c) if dev else [1.0]
+    best, best_score, scores = None, (-np.inf,), {}
+    for c in grid:
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(xs, labels)
+        pipe = ProbeClassifier(features, scaler, clf)
+        s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
+        scores[str(c)] = s[0]
+        if s > best_score:
+            best, best_score = pipe, s
+    info = {
+        "C": best.named_steps["logreg"].C,
+        "dev_scores_by_C": scores,
+        "encoder": encoder,
+        "layers": cfg.probe_layers,
+        "dim": int(x.shape[1]),
+    }
+    return best, info
+
+
+def save(pipe: ProbeClassifier, folder: Path) -> None:
+    """The pipeline plus a copy of its encoder (model and tokenizer) in ``folder/encoder``."""
+    from lmvalue.methods import tfidf
+
+    features = pipe.named_steps["features"]
+    model, tok = features._load()
+    model.save_pretrained(Path(folder) / ENCODER_DIR)
+    tok.save_pretrained(Path(folder) / ENCODER_DIR)
+    source = features.encoder
+    features.encoder = ENCODER_DIR  # relative: the folder can be moved
+    try:
+        tfidf.save(pipe, folder)
+    finally:
+        features.encoder = source
+
+
+def load(folder: Path) -> ProbeClassifier:
+    from lmvalue.methods import tfidf
+
+    pipe = tfidf.load(folder)
+    features = pipe.named_steps["features"]
+    features.encoder = str(Path(folder) / features.encoder)
+    return pipe
