@@ -112,7 +112,7 @@ def test_gpt2_causal_matches_sdpa(calls, padded):
     assert len(calls) == 2
 
 
-def test_bf16_without_dropout_takes_fast_path_and_fp32_does_not(calls):
+def test_bf16_without_dropout_takes_fast_path_and_fp32_does_not(calls, monkeypatch):
     torch.manual_seed(0)
     cfg = BertConfig(
         vocab_size=100,
@@ -134,11 +134,22 @@ def test_bf16_without_dropout_takes_fast_path_and_fp32_does_not(calls):
         lr = ref(**batch).loss
         lf = fast(**batch).loss
     assert torch.allclose(lr.float(), lf.float(), atol=0.03)
-    # no dropout is applied, so the counter stays empty; the path is checked directly below
+    # no dropout is applied, so the dropout counter stays empty; count the calls handed to SDPA instead
+    handed = []
+    sdpa = attention.sdpa_attention_forward
+
+    def counting(*args, **kwargs):
+        handed.append(args[1].dtype)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", counting)
     q = torch.randn(2, 4, 6, 8, dtype=torch.bfloat16)
     module = torch.nn.Module()
     module.is_causal = False
     out, _ = cpu_attention_forward(module, q, q, q, None, dropout=0.0, scaling=8**-0.5)
+    assert handed == []  # bf16 without dropout: the fast path
+    cpu_attention_forward(module, q.float(), q.float(), q.float(), None, dropout=0.0, scaling=8**-0.5)
+    assert handed == [torch.float32]  # fp32 without dropout: SDPA
     expected = torch.softmax((q.float() @ q.float().transpose(-1, -2)) * 8**-0.5, -1) @ q.float()
     assert torch.allclose(out.float(), expected.transpose(1, 2), atol=0.03)
 

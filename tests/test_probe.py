@@ -100,5 +100,33 @@ def test_probe_of_a_real_encoder_learns_from_100_labels_and_reloads(tmp_path):
     moved = tmp_path / "moved"
     folder.rename(moved)  # the saved probe reads its own copy of the encoder
     task = load_task_model(moved)
+    assert task.pipeline.named_steps["features"].encoder == str(moved / "encoder")
     data = load_task_data(cfg(tmp_path / "x", "probe"), train_examples=train, test_examples=test)
     assert score(task, data.test)["accuracy"] == pytest.approx(m["test"]["accuracy"])
+
+
+def test_probe_starts_from_an_lmvalue_run_folder_and_refuses_a_missing_one(tiny_encoder, reviews, tmp_path):
+    run = tmp_path / "pretrain-run"
+    run.mkdir()
+    (run / "model").symlink_to(tiny_encoder)  # the layout of `lmvalue pretrain -o run`
+
+    def cfg(out, init_from):
+        return build_config(
+            FinetuneConfig,
+            overrides={
+                "method.name": "probe",
+                "model.init_from": str(init_from),
+                "budget.train_size": 64,
+                "data.test_size": 100,
+                "train.output_dir": str(out),
+            },
+        )
+
+    m = finetune(cfg(tmp_path / "ok", run), train_examples=reviews[:400])
+    assert m["probe"]["encoder"] == str(run / "model") and m["probe"]["dim"] == 32
+    assert 0 <= m["test"]["accuracy"] <= 1
+    from lmvalue.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        finetune(cfg(tmp_path / "bad", tmp_path / "missing"), train_examples=reviews[:400])
+    assert not (tmp_path / "bad").exists()  # refused before anything was written

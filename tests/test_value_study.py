@@ -358,6 +358,10 @@ def test_arm_options_parse_and_are_refused_where_they_do_not_apply():
         "prompt:zero@train.lr=1": "only pretrained: and continued:",
         "pretrained:mlm@model.presett=mini": "unknown option 'model.presett'",
         "pretrained:mlm@data.block_size=abc": "expected int",
+        "pretrained:mlm/lora@model.preset=mini": "write the method last",
+        "scratch/probe": "a probe reads a pretrained encoder",
+        # checked together with the study's own pretraining settings (block size 128 by default)
+        "pretrained:mlm@model.max_position_embeddings=64": "max_position_embeddings",
     }
     for spec, message in problems.items():
         found = StudyConfig(arms=[spec]).problems()

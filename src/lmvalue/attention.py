@@ -76,7 +76,7 @@ def cpu_attention_forward(
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask
+            scores = scores + attention_mask.to(scores.dtype)
     elif causal:
         future = torch.ones(q_length, q_length, dtype=torch.bool, device=query.device).triu_(1)
         scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)

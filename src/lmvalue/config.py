@@ -212,7 +212,9 @@ class TrainConfig:
         False, "torch.compile the training forward pass (compiles for a while first; see docs/performance.md)"
     )
     fast_dropout: bool = _f(
-        True, "CPU: dropout with a cheaper random mask (same drop rate to 1/65536; see docs/performance.md)"
+        True,
+        "CPU: hidden-state dropout with a cheaper random mask (same drop rate to 1/65536; see "
+        "docs/performance.md); attention-probability dropout follows train.fast_attention",
     )
     fast_attention: bool = _f(
         True,

@@ -429,6 +429,12 @@ def finetune(
     if prompted:
         resolve_prompt(cfg.method, cfg.data.source, data.spec.labels)  # a bad prompt fails before any write
     start = prepare_network(cfg, data) if method.apply is not None else None
+    probe_start = None
+    if method.name == "probe":  # a bad checkpoint fails here, before anything is written
+        probe_start = {
+            "encoder": resolve_checkpoint(cfg.model.init_from),
+            "tokenizer": start_tokenizer(cfg.model),
+        }
     accelerator = make_accelerator(cfg.train) if method.apply is not None or prompted else None
     main = accelerator is None or accelerator.is_main_process
     run = RunDir(cfg.train.output_dir)
@@ -443,7 +449,7 @@ def finetune(
         if prompted:
             result = fit_prompt(cfg, data, run, accelerator)
         elif start is None:
-            result = _fit_tfidf(cfg, data, run, method.name)
+            result = _fit_tfidf(cfg, data, run, method.name, probe_start)
         elif cfg.train.lr_search:
             result = _search_lr(cfg, data, method, run, start, accelerator)
         else:
@@ -504,7 +510,9 @@ def _save_common(folder: Path, cfg: FinetuneConfig, spec: TaskSpec, name: str, t
     save_yaml(cfg, folder / "lmvalue_config.yaml")
 
 
-def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
+def _fit_tfidf(
+    cfg, data: TaskData, run: RunDir, name: str = "tfidf", probe_start: dict | None = None
+) -> dict:
     """``tfidf``, ``embeddings`` or ``probe``: features + logistic regression, C chosen on the dev split."""
     from lmvalue.methods import embeddings, probe, tfidf
 
@@ -519,7 +527,7 @@ def _fit_tfidf(cfg, data: TaskData, run: RunDir, name: str = "tfidf") -> dict:
         return scores[spec.metric], -scores["loss"]
 
     t0, c0 = time.perf_counter(), time.process_time()
-    extra = {"encoder": cfg.model.init_from, "max_length": cfg.data.max_length} if name == "probe" else {}
+    extra = {**probe_start, "max_length": cfg.data.max_length} if name == "probe" else {}
     pipe, fit_info = trainer.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score, **extra)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     task = TaskModel(spec=spec, pipeline=pipe)

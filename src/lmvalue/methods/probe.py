@@ -29,9 +29,13 @@ PAIR_SEP = " \x1f "  # lmvalue.methods.tfidf._inputs joins a pair with it
 class EncoderFeatures:
     """scikit-learn transformer: mean-pooled hidden states of a frozen encoder (float32 array)."""
 
-    def __init__(self, encoder: str, layers: str = "all", max_length: int = 128, batch_size: int = 64):
+    MEMO_LIMIT = 100_000  # inputs remembered (a served probe sees an unbounded stream)
+
+    def __init__(
+        self, encoder: str, layers: str = "all", max_length: int = 128, batch_size: int = 64, tokenizer=None
+    ):
         self.encoder, self.layers, self.max_length, self.batch_size = encoder, layers, max_length, batch_size
-        self._model = self._tokenizer = None
+        self._model, self._tokenizer = None, tokenizer
         self._memo: dict[str, np.ndarray] = {}
 
     def __getstate__(self):  # the pickled pipeline names the encoder folder; weights live there
@@ -44,10 +48,18 @@ class EncoderFeatures:
 
     def _load(self):
         if self._model is None:
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.encoder)
+            if self._tokenizer is None:
+                from lmvalue.tokenizer import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.encoder)
+                if self._tokenizer.pad_token_id is None and self._tokenizer.eos_token is not None:
+                    self._tokenizer.pad_token = self._tokenizer.eos_token
             self._model = AutoModel.from_pretrained(self.encoder).eval()
+            limit = getattr(self._model.config, "max_position_embeddings", None)
+            if limit:
+                self.max_length = min(self.max_length, limit)
         return self._model, self._tokenizer
 
     @property
@@ -57,14 +69,20 @@ class EncoderFeatures:
     def transform(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        todo = sorted({t for t in texts if t not in self._memo}, key=len)
+        todo = sorted({t for t in texts if t not in self._memo}, key=lambda t: (len(t), t))
+        if len(self._memo) + len(todo) > self.MEMO_LIMIT:
+            self._memo.clear()
         if todo:
             model, tok = self._load()
             for i in range(0, len(todo), self.batch_size):
                 chunk = todo[i : i + self.batch_size]
                 split = [t.split(PAIR_SEP, 1) for t in chunk]
                 firsts = [s[0] for s in split]
-                seconds = [s[1] for s in split] if all(len(s) == 2 for s in split) else None
+                # pairs are encoded as pairs; in a batch that mixes them with single texts, a missing
+                # second text is empty
+                seconds = (
+                    [s[1] if len(s) == 2 else "" for s in split] if any(len(s) == 2 for s in split) else None
+                )
                 enc = tok(
                     firsts,
                     seconds,
@@ -101,7 +119,16 @@ class ProbeClassifier:
 
 
 def train(
-    train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score, *, encoder: str, max_length: int
+    train_set: list[dict],
+    dev: list[dict],
+    spec,
+    cfg,
+    seed: int,
+    score,
+    *,
+    encoder: str,
+    max_length: int,
+    tokenizer=None,
 ) -> tuple[object, dict]:
     """Encode the training split once, fit one logistic regression per ``cfg.tfidf_c``, keep the best on ``dev``."""
     from sklearn.linear_model import LogisticRegression
@@ -111,7 +138,7 @@ def train(
 
     if spec.level == "token":
         raise DataError("method probe supports classification and pair tasks, not tagging")
-    features = EncoderFeatures(encoder, cfg.probe_layers, max_length)
+    features = EncoderFeatures(encoder, cfg.probe_layers, max_length, tokenizer=tokenizer)
     x = features.transform(_inputs(train_set))
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)

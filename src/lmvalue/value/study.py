@@ -72,7 +72,7 @@ class Arm:
     @property
     def pretraining(self) -> str:
         """The arm without its method: arms that differ only in the method share one pretraining."""
-        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))  # a=1,b=2 is b=2,a=1
         return f"{self.kind}:{self.arg}" + (f"@{opts}" if opts else "")
 
 
@@ -114,6 +114,11 @@ def parse_arm(spec: str) -> Arm:
     base, method = (head, last) if slash and last in METHODS else (spec, "")
     kind, _, arg = base.partition(":")
     options: dict = {}
+    if kind == "pretrained" and "/" in arg:
+        raise ConfigError(
+            f"arm {spec!r}: objectives contain no '/'; write the method last, after any options "
+            "(e.g. pretrained:mlm@model.preset=mini/lora)"
+        )
     if kind == "pretrained" and "@" in arg:
         arg, _, text = arg.partition("@")
         options = parse_arm_options(spec, text)
@@ -205,7 +210,13 @@ class StudyConfig:
                 if arm.options:  # unknown keys and bad values are found now, not after other arms ran
                     from lmvalue.config import PretrainConfig, build_config
 
-                    build_config(PretrainConfig, overrides=arm.options)
+                    merged = {
+                        "model.preset": self.preset,
+                        **(RECIPE_PRETRAIN if self.recipe and arm.kind == "pretrained" else {}),
+                        **self.pretrain_overrides,
+                        **arm.options,
+                    }
+                    build_config(PretrainConfig, overrides=merged)
             except ConfigError as e:
                 out.append(f"arm {spec!r}: {e}" if spec not in str(e) else str(e))
         if self.seeds < 1:
