@@ -346,7 +346,7 @@ def test_arm_options_parse_and_are_refused_where_they_do_not_apply():
     arm = parse_arm("pretrained:mlm@model.preset=mini,data.block_size=64/lora")
     assert (arm.kind, arm.arg, arm.method) == ("pretrained", "mlm", "lora")
     assert arm.options == {"model.preset": "mini", "data.block_size": "64"}
-    assert arm.pretraining == "pretrained:mlm@model.preset=mini,data.block_size=64"
+    assert arm.pretraining == "pretrained:mlm@data.block_size=64,model.preset=mini"  # sorted
     arm = parse_arm("continued:hfl/rbt3@train.lr=1e-4")
     assert (arm.arg, arm.options) == ("hfl/rbt3", {"train.lr": "1e-4"})
     assert parse_arm("continued:/data/x@y/model").options == {}  # an "@" of a path, not options
@@ -392,7 +392,7 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
     assert not summary["failures"]
     arms = tmp_path / "study" / "arms"
     folders = sorted(p.name for p in arms.iterdir())
-    assert folders == ["pretrained_mlm", "pretrained_mlm_model.num_layers_1_data.block_size_32"]
+    assert folders == ["pretrained_mlm", "pretrained_mlm_data.block_size_32_model.num_layers_1"]
     layers = {
         f: json.loads((arms / f / "model" / "config.json").read_text())["num_hidden_layers"] for f in folders
     }
