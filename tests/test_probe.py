@@ -1,5 +1,6 @@
 """The linear probe: a frozen encoder's mean-pooled states + logistic regression."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,20 @@ from lmvalue.finetune import finetune, load_task_data
 from lmvalue.inference import load_task_model, score
 from lmvalue.methods.probe import EncoderFeatures
 
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2_sentences"
+
+def _shared_data() -> Path:
+    """../shared/data next to the checkout, $LMVALUE_SHARED_DATA, or the development machine's copy."""
+    for candidate in (
+        os.environ.get("LMVALUE_SHARED_DATA"),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        "/work/shared/data",
+    ):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path("/nonexistent")
+
+
+SST2 = _shared_data() / "sst2_sentences"
 
 
 @pytest.fixture(scope="module")
