@@ -185,3 +185,15 @@ def test_not_saved_in_config(tmp_path):
     assert NAME not in (tmp_path / "config.json").read_text()
     again = BertForMaskedLM.from_pretrained(tmp_path)
     assert again.config._attn_implementation == "sdpa"
+
+
+def test_float_masks_keep_the_scores_dtype():
+    """An additive fp32 mask on bf16 inputs (pure bf16 weights, no autocast) keeps bf16 throughout."""
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal = False
+    q = torch.randn(2, 2, 5, 8, dtype=torch.bfloat16)
+    mask = torch.zeros(2, 1, 5, 5)
+    mask[1, ..., 3:] = torch.finfo(torch.float32).min  # the second row attends to its first 3 keys
+    out, _ = cpu_attention_forward(module, q, q, q, mask, dropout=0.1, scaling=8**-0.5)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 2, 8) and torch.isfinite(out.float()).all()
