@@ -48,6 +48,19 @@ def _assert_same(a, b):
         assert torch.allclose(ga[n], gb[n], atol=1e-5), n
 
 
+def _bert(attention_dropout: float) -> BertForMaskedLM:
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=attention_dropout,
+    )
+    return BertForMaskedLM(cfg)
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Count the calls that take the fast path (its dropout is applied once per call)."""
@@ -66,16 +79,7 @@ def calls(monkeypatch):
 
 def test_bert_with_padding_matches_sdpa(calls):
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=NO_DROP,
-    )
-    ref, fast = _pair(BertForMaskedLM(cfg))
+    ref, fast = _pair(_bert(NO_DROP))
     ids, mask = _ids()
     labels = ids.masked_fill(mask == 0, -100)
     batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
@@ -114,16 +118,7 @@ def test_gpt2_causal_matches_sdpa(calls, padded):
 
 def test_bf16_without_dropout_takes_fast_path_and_fp32_does_not(calls, monkeypatch):
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    ref, fast = _pair(BertForMaskedLM(cfg))
+    ref, fast = _pair(_bert(0.0))
     ids, mask = _ids()
     batch = dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
     a = _loss_and_grads(ref, **batch)
