@@ -360,12 +360,16 @@ def test_arm_options_parse_and_are_refused_where_they_do_not_apply():
         "pretrained:mlm@data.block_size=abc": "expected int",
         "pretrained:mlm/lora@model.preset=mini": "write the method last",
         "scratch/probe": "a probe reads a pretrained encoder",
+        "continued:hfl/rbt3@tokenizer.vocab_size=500": "keeps its checkpoint's tokenizer",
         # checked together with the study's own pretraining settings (block size 128 by default)
         "pretrained:mlm@model.max_position_embeddings=64": "max_position_embeddings",
     }
     for spec, message in problems.items():
         found = StudyConfig(arms=[spec]).problems()
         assert len(found) == 1 and message in found[0] and spec in found[0], (spec, found)
+    # the study's one tokenizer is shared by all arms: a study-wide tokenizer option would be ignored
+    found = StudyConfig(pretrain_overrides={"tokenizer.vocab_size": 500}).problems()
+    assert len(found) == 1 and "--vocab-size" in found[0] and "@tokenizer.vocab_size=VALUE" in found[0]
 
 
 def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
@@ -376,7 +380,7 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
         seen.append((arm.name, state["model"]))
         return {"metrics": {"accuracy": 0.5}}
 
-    other = "pretrained:mlm@model.num_layers=1,data.block_size=32"
+    other = "pretrained:mlm@model.num_layers=1,data.block_size=32,tokenizer.vocab_size=300"
     kw = study_kwargs(labeled_csv, tmp_path / "study")
     kw.update(arms=["pretrained:mlm", other], seeds=1, budgets=[8], pretrain_max_steps=4)
     kw["pretrain_overrides"] = {
@@ -392,7 +396,10 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
     assert not summary["failures"]
     arms = tmp_path / "study" / "arms"
     folders = sorted(p.name for p in arms.iterdir())
-    assert folders == ["pretrained_mlm", "pretrained_mlm_data.block_size_32_model.num_layers_1"]
+    assert folders == [
+        "pretrained_mlm",
+        "pretrained_mlm_data.block_size_32_model.num_layers_1_tokenizer.vocab_size_300",
+    ]
     layers = {
         f: json.loads((arms / f / "model" / "config.json").read_text())["num_hidden_layers"] for f in folders
     }
@@ -403,6 +410,15 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
         f: yaml.safe_load((arms / f / "config.yaml").read_text())["data"]["block_size"] for f in folders
     }
     assert blocks[folders[1]] == 32 and blocks[folders[0]] != 32
+    # the arm with a tokenizer option trained its own on the corpus, and its model was saved with it;
+    # the other arm uses the study's tokenizer (the one scratch uses)
+    from lmvalue.tokenizer import load_tokenizer
+
+    study_vocab = len(load_tokenizer(tmp_path / "study" / "tokenizer"))
+    vocab = {f: json.loads((arms / f / "model" / "config.json").read_text())["vocab_size"] for f in folders}
+    assert vocab[folders[0]] == study_vocab
+    assert vocab[folders[1]] == len(load_tokenizer(arms / folders[1] / "model")) <= 300 < study_vocab
+    assert (arms / folders[1] / "tokenizer" / "tokenizer.json").is_file()
     assert {name: model for name, model in seen} == {
         "pretrained:mlm": str(arms / folders[0] / "model"),
         other: str(arms / folders[1] / "model"),

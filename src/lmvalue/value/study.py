@@ -125,6 +125,12 @@ def parse_arm(spec: str) -> Arm:
     elif kind == "continued" and "=" in arg.rpartition("@")[2]:  # a path may hold an "@" of its own
         arg, _, text = arg.rpartition("@")
         options = parse_arm_options(spec, text)
+        if any(key.startswith("tokenizer.") for key in options):
+            raise ConfigError(
+                f"arm {spec!r}: a continued: arm keeps its checkpoint's tokenizer, so tokenizer.* options "
+                "do not apply; they train a new tokenizer for a pretrained: arm "
+                "(e.g. pretrained:mlm@tokenizer.vocab_size=16000)"
+            )
     elif "@" in base and kind in ARM_KINDS and kind not in ("checkpoint", "continued"):
         raise ConfigError(
             f"arm {spec!r}: options after '@' set an arm's pretraining, so only pretrained: and continued: "
@@ -219,6 +225,13 @@ class StudyConfig:
                     build_config(PretrainConfig, overrides=merged)
             except ConfigError as e:
                 out.append(f"arm {spec!r}: {e}" if spec not in str(e) else str(e))
+        own = sorted(k for k in self.pretrain_overrides if k.startswith("tokenizer."))
+        if own:  # the study's one tokenizer is shared with scratch; these would be silently ignored
+            out.append(
+                f"--pretrain {own[0]}: the study trains one tokenizer for all arms (set its size with "
+                "--vocab-size); to pretrain an arm with a tokenizer of its own, give the option to that arm, "
+                f"e.g. pretrained:mlm@{own[0]}=VALUE"
+            )
         if self.seeds < 1:
             out.append("seeds must be >= 1")
         if self.budgets is not None and any(b < 2 for b in self.budgets):
@@ -585,13 +598,13 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
         **cfg.pretrain_overrides,
     }
     if arm.kind == "pretrained":
-        overrides.update(
-            {
-                "model.preset": cfg.preset,
-                "model.tokenizer": str(tok_dir),
-                "objective.names": arm.arg.split("+"),
-            }
-        )
+        overrides.update({"model.preset": cfg.preset, "objective.names": arm.arg.split("+")})
+        if any(key.startswith("tokenizer.") for key in arm.options):
+            # the arm's own tokenizer (e.g. another vocabulary size), trained on the same corpus in its
+            # run folder and saved with its model, so its cells fine-tune with it
+            overrides["tokenizer.vocab_size"] = cfg.vocab_size
+        else:
+            overrides["model.tokenizer"] = str(tok_dir)
     else:  # continued: the checkpoint's own architecture and tokenizer
         overrides.update({"model.init_from": arm.arg})
     overrides.update(arm.options)  # this arm's own settings win over the study's
