@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["scratch", "pretrained:mlm", "tfidf", "embeddings"],
         help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, embeddings, "
         "prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora; one arm's own "
-        "pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64",
+        "pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64 "
+        "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000)",
     )
     p.add_argument(
         "--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)"
