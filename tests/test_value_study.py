@@ -381,8 +381,9 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
         return {"metrics": {"accuracy": 0.5}}
 
     other = "pretrained:mlm@model.num_layers=1,data.block_size=32,tokenizer.vocab_size=300"
+    third = "pretrained:mlm@tokenizer.min_frequency=1"  # its own tokenizer, of the study's size
     kw = study_kwargs(labeled_csv, tmp_path / "study")
-    kw.update(arms=["pretrained:mlm", other], seeds=1, budgets=[8], pretrain_max_steps=4)
+    kw.update(arms=["pretrained:mlm", other, third], seeds=1, budgets=[8], pretrain_max_steps=4)
     kw["pretrain_overrides"] = {
         "model.hidden": 32,
         "model.heads": 2,
@@ -399,13 +400,18 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
     assert folders == [
         "pretrained_mlm",
         "pretrained_mlm_data.block_size_32_model.num_layers_1_tokenizer.vocab_size_300",
+        "pretrained_mlm_tokenizer.min_frequency_1",
     ]
+    import yaml
+
+    tok_cfg = yaml.safe_load((arms / folders[2] / "config.yaml").read_text())["tokenizer"]
+    assert (tok_cfg["vocab_size"], tok_cfg["min_frequency"]) == (kw["vocab_size"], 1)
+    assert (arms / folders[2] / "model" / "tokenizer.json").is_file()
+    folders = folders[:2]
     layers = {
         f: json.loads((arms / f / "model" / "config.json").read_text())["num_hidden_layers"] for f in folders
     }
     assert layers == {folders[0]: 2, folders[1]: 1}
-    import yaml
-
     blocks = {
         f: yaml.safe_load((arms / f / "config.yaml").read_text())["data"]["block_size"] for f in folders
     }
@@ -422,4 +428,5 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
     assert {name: model for name, model in seen} == {
         "pretrained:mlm": str(arms / folders[0] / "model"),
         other: str(arms / folders[1] / "model"),
+        third: str(arms / "pretrained_mlm_tokenizer.min_frequency_1" / "model"),
     }

@@ -6,6 +6,7 @@ A study folder holds::
     results.sqlite      every finished cell (arm, budget, seed) — see registry.py
     corpus.txt          the unlabeled texts used for pretraining (test texts removed)
     tokenizer/          one tokenizer trained on the corpus, shared by scratch and pretrained arms
+                        (an arm with tokenizer.* options trains its own, in arms/<arm>/)
     arms/<arm>/         each arm's pretraining run (run once, reused by every budget and seed)
     report.html, report.md
 
@@ -228,9 +229,9 @@ class StudyConfig:
         own = sorted(k for k in self.pretrain_overrides if k.startswith("tokenizer."))
         if own:  # the study's one tokenizer is shared with scratch; these would be silently ignored
             out.append(
-                f"--pretrain {own[0]}: the study trains one tokenizer for all arms (set its size with "
-                "--vocab-size); to pretrain an arm with a tokenizer of its own, give the option to that arm, "
-                f"e.g. pretrained:mlm@{own[0]}=VALUE"
+                f"--pretrain {own[0]}: the study's tokenizer, shared by scratch and the pretrained: arms, is "
+                "set with --vocab-size; to pretrain an arm with a tokenizer of its own, give the option to that "
+                f"arm, e.g. pretrained:mlm@{own[0]}=VALUE"
             )
         if self.seeds < 1:
             out.append("seeds must be >= 1")
