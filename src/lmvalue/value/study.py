@@ -87,6 +87,11 @@ STUDY_PRETRAIN_KEYS = (
 )
 
 
+def sets_tokenizer(options: dict) -> bool:
+    """Arm options with a ``tokenizer.*`` key give a pretrained: arm a tokenizer of its own."""
+    return any(key.startswith("tokenizer.") for key in options)
+
+
 def parse_arm_options(spec: str, text: str) -> dict:
     """``key=value,key=value`` after an arm's "@" (dotted `lmvalue pretrain` keys) as a dict."""
     options = {}
@@ -126,7 +131,7 @@ def parse_arm(spec: str) -> Arm:
     elif kind == "continued" and "=" in arg.rpartition("@")[2]:  # a path may hold an "@" of its own
         arg, _, text = arg.rpartition("@")
         options = parse_arm_options(spec, text)
-        if any(key.startswith("tokenizer.") for key in options):
+        if sets_tokenizer(options):
             raise ConfigError(
                 f"arm {spec!r}: a continued: arm keeps its checkpoint's tokenizer, so tokenizer.* options "
                 "do not apply; they train a new tokenizer for a pretrained: arm "
@@ -226,12 +231,12 @@ class StudyConfig:
                     build_config(PretrainConfig, overrides=merged)
             except ConfigError as e:
                 out.append(f"arm {spec!r}: {e}" if spec not in str(e) else str(e))
-        own = sorted(k for k in self.pretrain_overrides if k.startswith("tokenizer."))
-        if own:  # the study's one tokenizer is shared with scratch; these would be silently ignored
+        if sets_tokenizer(self.pretrain_overrides):  # the study's tokenizer is shared: they would be ignored
+            key = min(k for k in self.pretrain_overrides if k.startswith("tokenizer."))
             out.append(
-                f"--pretrain {own[0]}: the study's tokenizer, shared by scratch and the pretrained: arms, is "
+                f"--pretrain {key}: the study's tokenizer, shared by scratch and the pretrained: arms, is "
                 "set with --vocab-size; to pretrain an arm with a tokenizer of its own, give the option to that "
-                f"arm, e.g. pretrained:mlm@{own[0]}=VALUE"
+                f"arm, e.g. pretrained:mlm@{key}=VALUE"
             )
         if self.seeds < 1:
             out.append("seeds must be >= 1")
@@ -600,7 +605,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     }
     if arm.kind == "pretrained":
         overrides.update({"model.preset": cfg.preset, "objective.names": arm.arg.split("+")})
-        if any(key.startswith("tokenizer.") for key in arm.options):
+        if sets_tokenizer(arm.options):
             # the arm's own tokenizer (e.g. another vocabulary size), trained on the same corpus in its
             # run folder and saved with its model, so its cells fine-tune with it
             overrides["tokenizer.vocab_size"] = cfg.vocab_size
