@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -11,20 +12,38 @@ from pathlib import Path
 
 import numpy as np
 
-from lmvalue.value.stats import bootstrap_ci, label_efficiency_factor, labels_saved_area
+from lmvalue.value.stats import (
+    TIE,
+    bootstrap_ci,
+    factor_interval,
+    label_efficiency_factor,
+    labels_saved_area,
+    round_down,
+    round_up,
+)
 
 BASELINES = ("scratch", "tfidf")
 # Arms that draw on unlabeled text (or a model pretrained on some): the verdict judges each against scratch.
 UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings")
 
 
-def curves_of(cells: list[dict]) -> dict[str, dict[int, dict[int, float]]]:
-    """arm -> budget -> seed -> score, from the finished (status done) cells."""
+def curves_of(cells: list[dict], *, skip_one_class: bool = False) -> dict[str, dict[int, dict[int, float]]]:
+    """arm -> budget -> seed -> score, from the finished (status done) cells.
+
+    With ``skip_one_class``, the cells whose model predicted one class only are left out, but their
+    (arm, budget) stays, with no seeds: it was tried, and has nothing a claim can rest on.
+    """
     out: dict = defaultdict(lambda: defaultdict(dict))
     for c in cells:
         if c["status"] == "done" and c["score"] is not None and not math.isnan(c["score"]):
-            out[c["arm"]][c["budget"]][c["seed"]] = c["score"]
+            seeds = out[c["arm"]][c["budget"]]  # the budget was tried, even if no seed is kept
+            if not (skip_one_class and _is_one_class(c)):
+                seeds[c["seed"]] = c["score"]
     return out
+
+
+def _is_one_class(cell: dict) -> bool:
+    return (cell.get("metrics") or {}).get("predicted_classes") == 1
 
 
 def _plain(curve: dict[int, dict[int, float]]) -> dict[int, list[float]]:
@@ -40,11 +59,16 @@ def paired_difference(arm: dict[int, float], base: dict[int, float]) -> tuple[fl
 
 
 def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str = "accuracy") -> dict:
-    """Everything the report shows, computed from the registry rows."""
+    """Everything the report shows, computed from the registry rows.
+
+    The scores table shows every finished cell; the comparisons (factors, paired differences, labels
+    saved) and so the verdict use only the cells whose model predicted more than one class.
+    """
     curves = curves_of(cells)
+    usable = curves_of(cells, skip_one_class=True)  # what the claims rest on
     one_class: dict = defaultdict(int)  # (arm, budget) -> seeds whose model predicted one class only
     for c in cells:
-        if c["status"] == "done" and (c.get("metrics") or {}).get("predicted_classes") == 1:
+        if c["status"] == "done" and _is_one_class(c):
             one_class[(c["arm"], c["budget"])] += 1
     table = []
     for arm in sorted(curves):
@@ -71,9 +95,36 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
             if arm in BASELINES and BASELINES.index(arm) > BASELINES.index(base):
                 continue  # scratch vs tfidf is shown once
             entry = {"arm": arm, "baseline": base, "budgets": []}
+            arm_curve, base_curve = _plain(usable[arm]), _plain(usable[base])
             for budget in sorted(curves[arm]):
-                eff = label_efficiency_factor(_plain(curves[arm]), _plain(curves[base]), budget)
-                diff = paired_difference(curves[arm][budget], curves[base].get(budget, {}))
+                left_out = {a: one_class.get((a, budget), 0) for a in (arm, base)}
+                if not arm_curve.get(budget):
+                    why = f"every {arm} model at {budget} labels predicted one class"
+                    entry["budgets"].append(
+                        {
+                            "budget": budget,
+                            "factor": float("nan"),
+                            "reached": False,
+                            "upper_bound": False,
+                            "baseline_budget": None,
+                            "no_claim": why,
+                            "text": f"no claim ({why})",
+                            "ci": None,
+                            "ci_text": "–",
+                            "diff": None,
+                            "one_class_left_out": left_out,
+                        }
+                    )
+                    continue
+                eff = label_efficiency_factor(arm_curve, base_curve, budget)
+                ci = factor_interval(arm_curve, base_curve, budget)
+                diff = paired_difference(usable[arm][budget], usable[base].get(budget, {}))
+                base_scores = list(usable[base].get(budget, {}).values())
+                no_diff = (
+                    f"every {base} model at {budget} labels predicted one class"
+                    if budget in curves[base] and not usable[base][budget]
+                    else None
+                )
                 entry["budgets"].append(
                     {
                         "budget": budget,
@@ -81,11 +132,27 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
                         "reached": eff.reached,
                         "upper_bound": eff.at_least_min,
                         "baseline_budget": eff.baseline_budget,
+                        "matched_at": eff.matched_at,
+                        "below_until": eff.below_until,
+                        "baseline_left_out": list(eff.left_out),
+                        "no_claim": None,
+                        "no_diff": no_diff,
                         "text": eff.describe(),
+                        "ci": dataclasses.asdict(ci) if ci else None,  # lo, hi, lo_kind, hi_kind
+                        "ci_text": ci.describe() if ci else "–",
                         "diff": diff,
+                        # observed means over every usable seed (the paired difference uses shared seeds)
+                        "arm_mean": eff.arm_score,
+                        "baseline_mean": float(np.mean(base_scores)) if base_scores else None,
+                        "one_class_left_out": left_out,
                     }
                 )
-            est, lo, hi = labels_saved_area(_plain(curves[arm]), _plain(curves[base]))
+            if any(arm_curve.values()) and any(base_curve.values()):
+                est, lo, hi = labels_saved_area(
+                    {b: v for b, v in arm_curve.items() if v}, {b: v for b, v in base_curve.items() if v}
+                )
+            else:
+                est = lo = hi = float("nan")
             entry["area"] = {"labels": est, "lo": lo, "hi": hi}
             comparisons.append(entry)
     compute: dict = defaultdict(
@@ -137,36 +204,47 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             focus_budget if focus_budget in rows else min(rows, key=lambda b: abs(math.log(b / focus_budget)))
         )
         r = rows[at]
-        paying = [b for b, x in sorted(rows.items()) if x["diff"] and x["diff"][1] > 0]
-        not_paying = [b for b, x in sorted(rows.items()) if not (x["diff"] and x["diff"][1] > 0)]
+        compared = [b for b, x in sorted(rows.items()) if x["diff"]]  # both arms have usable cells
+        # pays: the paired interval excludes zero and the observed means agree (a tie is no gain)
+        paying = [
+            b
+            for b in compared
+            if rows[b]["diff"][1] > 0 and rows[b]["arm_mean"] > rows[b]["baseline_mean"] + TIE
+        ]
+        not_paying = [b for b in compared if b not in paying]
         arm = comp["arm"]
         using = (
             f"word vectors learned from {corpus_desc}"
             if arm == "embeddings"
             else f"pretraining on {corpus_desc}"
         )
-        if r["diff"] and r["diff"][0] <= 0:
+        if r.get("no_claim"):
+            sentences.append(
+                f"{arm} vs scratch at {at} labels: no claim, because {r['no_claim']} "
+                "(such models learned nothing, so they are left out of the comparison)."
+            )
+            continue
+        if r["diff"] and r["diff"][0] <= TIE:  # a tie is no gain
             sentences.append(
                 f"{arm} did not beat training from scratch at {at} labels "
                 f"({metric} {r['diff'][0] * 100:+.1f} points, 95% CI {r['diff'][1] * 100:+.1f} to {r['diff'][2] * 100:+.1f}); "
                 f"{using} was not worth it at this compute budget."
             )
             continue
-        worth = (
-            f"worth about {r['factor']:.1f}× the labels at {at} labels (scratch needs ~{r['baseline_budget']:.0f} labels to match)"
-            if r["reached"] and not r["upper_bound"]
-            else f"worth at least {r['factor']:.1f}× the labels at {at} labels (scratch never matches it within the budgets tried)"
-            if not r["reached"]
-            else f"no better than scratch's smallest budget at {at} labels"
-        )
-        s = f"{arm}: {using} is {worth}"
+        s = f"{arm}: {using} is {_worth(r, at)}"
         if r["diff"]:
             s += f", {r['diff'][0] * 100:+.1f} {metric} points (95% CI {r['diff'][1] * 100:+.1f} to {r['diff'][2] * 100:+.1f})"
-        if paying and not_paying and max(paying) < max(rows):
+        elif r.get("no_diff"):
+            s += f"; there is no paired difference at {at} labels ({r['no_diff']})"
+        if paying and not_paying and max(paying) < max(compared):
             s += f"; it stops paying off above {max(paying)} labels"
         elif paying and not not_paying:
-            s += "; it pays off at every budget tried"
-        elif not paying:
+            s += (
+                "; it pays off at every budget tried"
+                if len(compared) == len(rows)
+                else "; it pays off at every budget where both have usable models"
+            )
+        elif compared and not paying:
             s += "; the gain is within noise at every budget (no interval excludes zero)"
         sentences.append(s + ".")
     for comp in summary["comparisons"]:
@@ -188,13 +266,40 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         n = sum(d["seeds"] for d in summary["one_class_cells"])
         sentences.append(
             f"Caution: {n} fine-tuned model(s) predicted a single class for every test example "
-            f"({_one_class_text(summary['one_class_cells'])}); they learned nothing, so the comparisons "
-            "that involve them say more about the fine-tuning recipe than about pretraining "
-            "(more steps or train.lr_search may help)."
+            f"({_one_class_text(summary['one_class_cells'])}); they learned nothing, so they are left out "
+            "of the comparisons and of this verdict (the scores table still shows them); they say more "
+            "about the fine-tuning recipe than about pretraining (more steps or train.lr_search may help)."
         )
     if summary.get("failures"):
         sentences.append(f"{len(summary['failures'])} run(s) failed and are left out: see Failures.")
     return " ".join(sentences)
+
+
+def _worth(r: dict, at: int) -> str:
+    """What the label-efficiency factor lets the verdict say; every bound holds on the observed means."""
+    gap = r.get("baseline_left_out") or []
+    gap_text = (
+        f", leaving out {', '.join(map(str, gap))} labels where every scratch model predicted one class"
+        if gap
+        else ""
+    )
+    if r["reached"] and not r["upper_bound"]:
+        return (
+            f"worth about {r['factor']:.1f}× the labels at {at} labels "
+            f"(scratch needs ~{r['baseline_budget']:.0f} labels to match{gap_text})"
+        )
+    if r["reached"]:  # an upper bound: scratch matches at its smallest usable budget
+        return (
+            f"worth at most {round_up(r['factor']):.1f}× the labels at {at} labels "
+            f"(scratch matches it with {r['matched_at']:g} labels, its smallest "
+            f"{'usable ' if gap and gap[0] < r['matched_at'] else ''}budget{gap_text})"
+        )
+    if r.get("below_until") is not None:
+        return (
+            f"worth at least {round_down(r['factor']):.1f}× the labels at {at} labels "
+            f"(scratch never matches it within the budgets tried{gap_text})"
+        )
+    return f"of unknown worth in labels at {at} labels (scratch has no usable models{gap_text})"
 
 
 def _one_class_text(rows: list[dict]) -> str:
@@ -205,33 +310,31 @@ def _one_class_text(rows: list[dict]) -> str:
 
 
 def learning_curve_png(summary: dict) -> bytes:
-    import matplotlib
+    from lmvalue.plotting import figure_fonts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
-    by_arm = defaultdict(list)
-    for row in summary["table"]:
-        by_arm[row["arm"]].append(row)
-    for arm, rows in sorted(by_arm.items()):
-        rows.sort(key=lambda r: r["budget"])
-        x = [r["budget"] for r in rows]
-        ax.plot(x, [r["mean"] for r in rows], marker="o", label=arm)
-        ax.fill_between(x, [r["lo"] for r in rows], [r["hi"] for r in rows], alpha=0.2)
-    ax.set_xscale("log")
-    budgets = sorted({r["budget"] for r in summary["table"]})
-    ax.set_xticks(budgets, [str(b) for b in budgets])
-    ax.minorticks_off()
-    ax.set_xlabel("labeled examples (log scale)")
-    ax.set_ylabel(f"test {summary['metric']}")
-    ax.set_title("Learning curves (mean over seeds, 95% bootstrap CI)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    with figure_fonts() as plt:
+        fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+        by_arm = defaultdict(list)
+        for row in summary["table"]:
+            by_arm[row["arm"]].append(row)
+        for arm, rows in sorted(by_arm.items()):
+            rows.sort(key=lambda r: r["budget"])
+            x = [r["budget"] for r in rows]
+            ax.plot(x, [r["mean"] for r in rows], marker="o", label=arm)
+            ax.fill_between(x, [r["lo"] for r in rows], [r["hi"] for r in rows], alpha=0.2)
+        ax.set_xscale("log")
+        budgets = sorted({r["budget"] for r in summary["table"]})
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("labeled examples (log scale)")
+        ax.set_ylabel(f"test {summary['metric']}")
+        ax.set_title("Learning curves (mean over seeds, 95% bootstrap CI)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
     return buf.getvalue()
 
 
@@ -274,14 +377,22 @@ def markdown_report(summary: dict, meta: dict, verdict_text: str) -> str:
         "",
         "## Label efficiency",
         "",
-        "| arm | vs | budget | factor | Δ points (95% CI) |",
-        "|---|---|---:|---|---|",
+        "| arm | vs | budget | factor | factor 95% CI | Δ points (95% CI) |",
+        "|---|---|---:|---|---|---|",
     ]
     for comp in summary["comparisons"]:
         for r in comp["budgets"]:
             d = r["diff"]
             dtxt = f"{d[0] * 100:+.1f} ({d[1] * 100:+.1f} to {d[2] * 100:+.1f})" if d else "–"
-            lines.append(f"| {comp['arm']} | {comp['baseline']} | {r['budget']} | {r['text']} | {dtxt} |")
+            lines.append(
+                f"| {comp['arm']} | {comp['baseline']} | {r['budget']} | {r['text']} | {r.get('ci_text', '–')} | {dtxt} |"
+            )
+    lines += [
+        "",
+        "Factors and differences use only models that predicted more than one class. A factor never "
+        "exceeds what the observed means show: '≥' means the baseline's observed mean stays below the arm's "
+        "at every budget tried, '≤' that it already matches it (a tie counts) at its smallest budget.",
+    ]
     lines += ["", "| arm | vs | labels saved (area between curves) | 95% CI |", "|---|---|---:|---|"]
     for comp in summary["comparisons"]:
         a = comp["area"]
