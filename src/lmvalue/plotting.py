@@ -55,9 +55,7 @@ def font_families() -> tuple[str, ...]:
     have = {f.name for f in font_manager.fontManager.ttflist}
     cjk = [name for name in CJK_FONTS if name in have]
     if not cjk:
-        log.debug(
-            "no CJK font for plots: CJK labels are drawn as boxes (install one, e.g. fonts-noto-cjk)"
-        )
+        log.debug("no CJK font for plots: CJK labels are drawn as boxes (install one, e.g. fonts-noto-cjk)")
     return ("DejaVu Sans", *cjk, *([LAST_RESORT] if LAST_RESORT in have else []))
 
 
