@@ -84,3 +84,30 @@ def test_word_vectors_are_reproducible_under_a_seed(reviews):
     b = train_vectors(texts, cjk=True, dim=16, epochs=1, min_count=3, seed=0)
     c = train_vectors(texts, cjk=True, dim=16, epochs=1, min_count=3, seed=1)
     assert np.array_equal(a.vectors, b.vectors) and not np.array_equal(a.vectors, c.vectors)
+
+
+def test_gensim_info_log_is_quiet_unless_verbose(reviews, tmp_path, caplog):
+    """gensim logged every vocabulary scan, epoch and save at INFO through the CLI; only -v shows it."""
+    import csv
+    import logging
+
+    from lmvalue.cli import main
+
+    data = tmp_path / "labeled.csv"
+    with open(data, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows([e["text"], e["label"]] for e in reviews[:300])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(e["text"].replace("\n", " ") for e in reviews[300:900]), encoding="utf-8")
+    args = ["finetune", "--method", "embeddings", "--data", str(data), "data.test_size=60"]
+    args += [f"method.vectors={corpus}", "method.vectors_dim=16", "method.vectors_epochs=1"]
+    with caplog.at_level(logging.INFO):
+        assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert not [r for r in caplog.records if r.name.startswith("gensim")]
+    assert any("trained" in r.getMessage() and "word vectors" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        assert main(["-v", *args, "-o", str(tmp_path / "b")]) == 0
+    assert [r for r in caplog.records if r.name.startswith("gensim")]  # -v shows it
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # as a later quiet run would set it

@@ -495,3 +495,127 @@ def test_tfidf_c_ties_on_the_dev_metric_go_to_the_better_dev_likelihood(reviews)
     pipe, info = tfidf.train(train, reviews[60:70], spec, cfg, 0, score)
     assert seen == [0.1, 1.0, 10.0] and info["C"] == 1.0
     assert info["dev_scores_by_C"] == {"0.1": 0.5, "1.0": 0.5, "10.0": 0.5}
+
+
+# --- output formats, unknown labels, warnings said once, plots without noise ---------------------
+
+
+def write_csv(path, examples, labels=None):
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for e in examples:
+            w.writerow([e["text"], (labels or {}).get(e["label"], e["label"])])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tfidf_model(reviews, tmp_path_factory):
+    """A TF-IDF classifier (pos/neg) fitted in a second: a task model for predict and evaluate."""
+    out = tmp_path_factory.mktemp("tfidf") / "run"
+    over = settings(out, **{"method.name": "tfidf", "budget.train_size": 300, "data.test_size": 100})
+    finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[:800])
+    return out / "model"
+
+
+def test_predict_output_format_follows_the_suffix(tfidf_model, tmp_path, capsys):
+    """`-o file.xlsx` used to get JSON Lines under an .xlsx name; now any suffix but .jsonl/.json/
+    .csv/.tsv stops (exit 2) with the accepted ones, before the model is loaded."""
+    (tmp_path / "in.txt").write_text("质量很好\n太差了\n", encoding="utf-8")
+    inp = str(tmp_path / "in.txt")
+    for name in ("pred.xlsx", "pred"):
+        bad = tmp_path / "out" / name
+        # a model path that does not exist: the suffix is what fails, so it is checked first
+        assert main(["predict", "-m", str(tmp_path / "no-model"), "-i", inp, "-o", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write predictions as" in err and "Traceback" not in err
+        assert all(s in err for s in (".jsonl", ".json", ".csv", ".tsv")) and "does not exist" not in err
+        assert not bad.exists()
+    tsv = tmp_path / "pred.tsv"
+    assert main(["predict", "-m", str(tfidf_model), "-i", inp, "-o", str(tsv)]) == 0
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "line\ttext\tlabel\tp_neg\tp_pos" and lines[1].startswith("1\t质量很好\t")
+    js = tmp_path / "pred.json"
+    assert main(["predict", "-m", str(tfidf_model), "-i", inp, "-o", str(js)]) == 0
+    rows = [json.loads(line) for line in js.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in rows] == [1, 2] and rows[1]["text"] == "太差了"
+
+
+def test_evaluate_keep_reports_the_loss_of_the_known_labels_never_nan(tfidf_model, tmp_path, capsys):
+    """`--unknown-labels keep` used to print `loss nan` (or a loss over fewer examples than it said):
+    the loss is now `loss_known`, over the examples whose label the model knows, and says so."""
+    some = write_csv(
+        tmp_path / "some.csv",
+        [
+            {"text": "很好", "label": "pos"},
+            {"text": "太差了", "label": "neg"},
+            {"text": "一般", "label": "meh"},
+        ],
+    )
+    ev = tmp_path / "ev"
+    assert (
+        main(
+            [
+                "evaluate",
+                "-m",
+                str(tfidf_model),
+                "--data",
+                str(some),
+                "--unknown-labels",
+                "keep",
+                "-o",
+                str(ev),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "nan" not in out and "loss_known " in out and "on 3 examples" in out
+    assert "loss_known is over the 2 examples whose label the model knows; the 1 with" in out
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert "loss" not in metrics and metrics["loss_known_count"] == 2 and metrics["unknown_label_count"] == 1
+    assert math.isfinite(metrics["loss_known"])
+
+    only = write_csv(tmp_path / "only.csv", [{"text": "一般", "label": "meh"}])
+    assert main(["evaluate", "-m", str(tfidf_model), "--data", str(only), "--unknown-labels", "keep"]) == 0
+    out = capsys.readouterr().out
+    summary_line = next(line for line in out.splitlines() if line.endswith(" on 1 examples"))
+    assert "nan" not in out and "loss" not in summary_line
+    assert "no loss: none of the examples has a label the model knows (1 unknown)" in out
+
+    known = write_csv(
+        tmp_path / "known.csv", [{"text": "很好", "label": "pos"}, {"text": "太差了", "label": "neg"}]
+    )
+    assert main(["evaluate", "-m", str(tfidf_model), "--data", str(known)]) == 0
+    out = capsys.readouterr().out
+    assert ", loss " in out and "loss_known" not in out
+
+
+def test_budget_shortfall_is_warned_once(reviews, tmp_path, caplog):
+    import logging
+
+    data = write_csv(tmp_path / "small.csv", reviews[:120])
+    with caplog.at_level(logging.WARNING, logger="lmvalue"):
+        args = ["finetune", "--method", "tfidf", "--data", str(data), "--train-size", "1000"]
+        assert main([*args, "data.test_size=20", "-o", str(tmp_path / "run")]) == 0
+    said = [r.getMessage() for r in caplog.records if "budget.train_size=1000" in r.getMessage()]
+    assert len(said) == 1 and "all of them were used" in said[0], said
+
+
+def test_confusion_plot_of_chinese_labels_warns_nothing(reviews, tmp_path):
+    """Chinese label names used to leak a matplotlib 'Glyph ... missing from font(s)' warning per
+    character; the plot now uses CJK fallback fonts (or boxes) without a warning."""
+    import warnings
+
+    data = write_csv(tmp_path / "zh.csv", reviews[:300], labels={"pos": "正面", "neg": "负面"})
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert (
+            main(["finetune", "--method", "tfidf", "--data", str(data), "data.test_size=60", "-o", str(out)])
+            == 0
+        )
+    assert (out / "test_confusion.png").stat().st_size > 0
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]

@@ -303,3 +303,32 @@ def test_runs_with_different_precisions_in_one_process(tiny_pretrain_overrides, 
             )
         )
         assert m["steps"] == 2 and math.isfinite(m["final"]["eval_loss"])
+
+
+def test_resume_says_which_step_and_checkpoint_it_resumed_from(
+    capsys, caplog, monkeypatch, tiny_pretrain_overrides
+):
+    """A resumed run used to continue without saying from where; it now logs the step and checkpoint."""
+    import logging
+
+    import lmvalue.pretrain as P
+
+    over = {**tiny_pretrain_overrides, "train.max_steps": 8, "train.eval_every": 4, "train.save_every": 5}
+    original = P.train_loop
+
+    def interrupted(**kw):
+        def on_step(model, state):
+            if state.step + 1 == 7:  # after the checkpoint of step 5
+                raise KeyboardInterrupt
+
+        return original(on_step=on_step, **kw)
+
+    monkeypatch.setattr(P, "train_loop", interrupted)
+    assert cli(capsys, *as_args(over))[0] == 130
+    monkeypatch.setattr(P, "train_loop", original)
+    checkpoint = Path(over["train.output_dir"]) / "checkpoints" / "step-5"
+    assert checkpoint.is_dir()
+    with caplog.at_level(logging.INFO, logger="lmvalue"):
+        assert cli(capsys, *as_args(over), "--resume")[0] == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert said == [f"resumed from step 5 of 8 (checkpoint {checkpoint})"], said

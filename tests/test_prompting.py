@@ -384,3 +384,80 @@ def test_calibration_subtracts_the_scores_of_an_empty_input(zh_tok):
     shifted = plain - empty
     np.testing.assert_allclose(got, shifted - np.logaddexp.reduce(shifted, axis=1, keepdims=True), atol=1e-5)
     assert not np.allclose(got, plain, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def classifier_run(reviews, char_tokenizer_dir, tmp_path_factory):
+    """A real `lmvalue finetune` run (2 steps of a tiny model): its model/ has a sequence-classification
+    head and no masked-LM head."""
+    from lmvalue.config import FinetuneConfig, build_config
+    from lmvalue.finetune import finetune
+
+    out = tmp_path_factory.mktemp("classifier") / "run"
+    over = {
+        "model.preset": "tiny",
+        "model.hidden": 64,
+        "model.heads": 2,
+        "model.ffn": 128,
+        "model.max_position_embeddings": 128,
+        "model.from_scratch": True,
+        "model.tokenizer": str(char_tokenizer_dir),
+        "data.test_size": 50,
+        "data.max_length": 32,
+        "train.output_dir": str(out),
+        "train.progress": False,
+        "train.max_steps": 2,
+        "train.min_steps": 2,
+    }
+    finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[:300])
+    return out
+
+
+def test_prompting_a_fine_tuned_classifier_is_refused(classifier_run, tiny_mlm_dir, tmp_path, capsys):
+    """`lmvalue prompt` on a fine-tuned classifier used to score through a freshly initialised MLM
+    head without a word; now it stops (exit 2) and says what to use instead."""
+    import json
+
+    from lmvalue.cli import main
+
+    test = tmp_path / "test.jsonl"
+    rows = [{"text": "物流很快，好评", "label": "pos"}, {"text": "质量太差", "label": "neg"}]
+    test.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    prompt = ["--test", str(test), "--template", "{text}总之很{mask}。", "--verbalizer", "pos=好,neg=差"]
+    for model in (classifier_run / "model", classifier_run):  # the model folder and the run folder
+        out = tmp_path / "out"
+        assert main(["prompt", "-m", str(model), *prompt, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{model} has no trained masked-LM head" in err and "cls.predictions" in err
+        assert "ForSequenceClassification" in err and "pretraining run" in err and "Traceback" not in err
+        assert not (out / "metrics.json").exists()
+    # a checkpoint with its MLM head is prompted as before
+    assert main(["prompt", "-m", str(tiny_mlm_dir), *prompt]) == 0
+    assert "zero-shot cloze: accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "pet"])
+def test_cloze_methods_refuse_a_classifier_before_writing(method, classifier_run, reviews, tmp_path, capsys):
+    import json
+
+    from lmvalue.cli import main
+
+    data = tmp_path / "reviews.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"text": e["text"], "label": e["label"]}, ensure_ascii=False) + "\n"
+            for e in reviews[:300]
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    args = ["finetune", "--method", method, "--init-from", str(classifier_run / "model"), "--data", str(data)]
+    spec = [
+        "method.templates=['{text}总之很{mask}。']",
+        "method.verbalizer=pos=好,neg=差",
+        "data.test_size=50",
+    ]
+    assert main([*args, "-o", str(out), "--train-size", "40", *spec]) == 2
+    err = capsys.readouterr().err
+    assert "has no trained masked-LM head" in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything was written

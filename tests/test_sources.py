@@ -213,7 +213,7 @@ def test_empty_folder(tmp_path):
 def test_conll_tagging(tmp_path):
     f = write(
         tmp_path / "d.conll",
-        "-DOCSTART- -X- O O\n\nEU NNP B-ORG\nrejects VBZ O\n\n\nPeter\tB-PER\n\u3000 O\n\n",
+        "-DOCSTART- -X- O O\n\nEU NNP B-ORG\nrejects VBZ O\n\n\nPeter\tNNP\tB-PER\n\u3000 SP O\n\n",
     )
     assert load_labeled(f, task="tagging") == [
         {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
@@ -235,6 +235,43 @@ def test_conll_one_column_reports_line(tmp_path):
     f = write(tmp_path / "d.bio", "a O\nb O\n\nc B-PER\nlonely\n")
     with pytest.raises(DataError, match=r"d\.bio line 5: mismatched token/label count"):
         load_labeled(f, task="tagging")
+
+
+def test_conll_reads_the_first_and_last_of_any_number_of_columns(tmp_path):
+    """CoNLL-2003 (token POS chunk NER, 4 columns on every line) reads token = first column and
+    tag = last column; so does a tab-separated file whose tokens hold spaces."""
+    f = write(
+        tmp_path / "eng.conll",
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\n\n"
+        "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n",
+    )
+    assert load_labeled(f, task="tagging") == [
+        {"tokens": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"]},
+        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]},
+    ]
+    f = write(tmp_path / "tabs.bio", "New York\tB-LOC\nis\tO\n")
+    assert load_labeled(f, task="tagging") == [{"tokens": ["New York", "is"], "tags": ["B-LOC", "O"]}]
+
+
+def test_conll_line_with_other_column_count_names_file_line_and_fix(tmp_path, capsys):
+    """A 'token tag' file with one 'New York B-LOC' line used to take 'New' as the token silently
+    (and a tag from whichever column came last); now it stops and says where and how to fix it."""
+    f = write(tmp_path / "d.conll", "I O\nlive O\nin O\n\nNew York B-LOC\nis O\n")
+    with pytest.raises(DataError) as e:
+        load_labeled(f, task="tagging")
+    msg = str(e.value)
+    assert "d.conll line 5: 3 columns ('New York B-LOC'), but line 1 has 2 ('I O')" in msg
+    assert "token first" in msg and "tag last" in msg and "tabs" in msg
+    with pytest.raises(DataError, match=r"d\.conll line 5: 3 columns"):
+        load_texts(f)  # read as texts, the same file is refused the same way
+    # Through the CLI: exit code 2 and the message, before anything is trained.
+    from lmvalue.cli import main
+
+    out = tmp_path / "run"
+    assert main(["finetune", "--data", str(f), "-o", str(out), "--method", "tfidf"]) == 2
+    err = capsys.readouterr().err
+    assert "d.conll line 5: 3 columns" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_jsonl_tagging(tmp_path):

@@ -81,6 +81,9 @@ class RunDir:
             CheckpointError: a finished or unfinished run is there and neither resume nor
                 overwrite was asked for, or resume was asked for but there is no checkpoint.
         """
+        from lmvalue.files import prepare_output_dir
+
+        prepare_output_dir(self.path, create=False)  # a file, or under a file: one clear message
         exists = self.path.exists() and any(self.path.iterdir())
         if resume:
             if not self.path.is_dir():

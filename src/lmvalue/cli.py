@@ -282,7 +282,9 @@ def _num(value) -> str:
 
 
 def cmd_evaluate(args):
-    from lmvalue.inference import evaluate_model
+    import math
+
+    from lmvalue.inference import evaluate_model, loss_note
 
     result = evaluate_model(
         args.model,
@@ -303,19 +305,29 @@ def cmd_evaluate(args):
         "entity_recall",
         "entity_f1",
         "loss",
+        "loss_known",
     )
-    print(
-        ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result) + f" on {result['examples']} examples"
-    )
+    shown = [k for k in keys if isinstance(result.get(k), int | float) and math.isfinite(result[k])]
+    print(", ".join(f"{k} {result[k]:.4f}" for k in shown) + f" on {result['examples']} examples")
+    note = loss_note(result, tagging=result["task"] == "tagging")
+    if note:
+        print(note)
     if args.output:
         print(f"metrics, report and confusion matrix written to {args.output}")
 
 
 def cmd_predict(args):
-    from lmvalue.inference import load_task_model, predict_rows, read_inputs, write_rows
+    from lmvalue.inference import load_task_model, predict_rows, prediction_format, read_inputs, write_rows
 
+    prediction_format(args.output)  # a suffix with no format fails before the model is loaded
+    if args.output:
+        from lmvalue.files import check_output_file
+
+        check_output_file(args.output, flag="--output")
     task = load_task_model(args.model, batch_size=args.batch_size)
-    inputs = read_inputs(args.input, task.spec, text_column=args.text_column)
+    inputs = read_inputs(
+        args.input, task.spec, text_column=args.text_column, encoding=args.encoding, errors=args.errors
+    )
     rows = predict_rows(task, inputs)
     write_rows(rows, task.spec, args.output)
     if args.output:
@@ -388,6 +400,18 @@ def cmd_prompt(args):
     )
     if args.output:
         print(f"metrics and predictions written to {args.output}")
+
+
+def add_encoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--encoding", default="utf-8", help="encoding of the input files, e.g. gb18030 (default utf-8)"
+    )
+    p.add_argument(
+        "--errors",
+        default="strict",
+        choices=("strict", "replace", "ignore"),
+        help="undecodable bytes: stop with an error (default), replace with U+FFFD, or drop them",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -570,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="label texts with a fine-tuned model",
-        description="Batched prediction; writes JSON Lines (default) or CSV, one row per input line, in order.",
+        description="Batched prediction; writes JSON Lines (default), CSV or TSV, one row per input line, in order.",
     )
     p.add_argument(
         "--model", "-m", required=True, help="model folder (a fine-tuning run's model/ or merged/)"
@@ -579,12 +603,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", "-i", required=True, help="a .txt (one input per line), .jsonl, .csv file, or - for stdin"
     )
     p.add_argument(
-        "--output", "-o", default=None, help="out.jsonl or out.csv (default: JSON Lines on stdout)"
+        "--output",
+        "-o",
+        default=None,
+        help="out.jsonl / out.json (JSON Lines), out.csv or out.tsv: the suffix picks the format "
+        "(default: JSON Lines on stdout)",
     )
     p.add_argument(
         "--text-column", default="text", help="text column/field of .csv/.jsonl inputs (default text)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="inputs per batch (default 64)")
+    add_encoding_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -639,10 +668,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(item: str) -> bool:
+    key, eq, _ = item.partition("=")
+    return bool(eq) and "." in key and not key.startswith("-")
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise KeyError(command)
+
+
+def option_spellings(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Dotted setting -> this command's flag for it, so error hints name flags the command has.
+
+    Config commands spell ``data.encoding`` as ``--data.encoding``; hand-written ones (``predict``,
+    ``value``...) as ``--encoding``: a bare dest also answers for ``data.<dest>``, ``task.<dest>``...
+    """
+    out: dict[str, str] = {}
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or action.dest in ("help", argparse.SUPPRESS):
+            continue
+        flag = f"--{action.dest}" if f"--{action.dest}" in longs else longs[0]
+        out.setdefault(action.dest, flag)
+        if "." not in action.dest:
+            for section in ("data", "task", "train", "method", "model", "budget"):
+                out.setdefault(f"{section}.{action.dest}", flag)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Bare overrides (section.field=VALUE) may come after options too: argparse stops collecting the
+    # positional list at the first option, so the later ones arrive here.
+    stray = [x for x in extra if not (hasattr(args, "overrides") and _is_override(x))]
+    if stray:
+        parser.parse_args(argv)  # the usual usage message and exit 2 for what is really unknown
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    from lmvalue.errors import set_option_spellings
+
+    if args.command:
+        set_option_spellings(option_spellings(_subparser(parser, args.command)))
     logging.basicConfig(
         level=logging.INFO if not args.verbose else logging.DEBUG,
         format="%(message)s",
@@ -661,10 +732,35 @@ def main(argv: list[str] | None = None) -> int:
     except LmvalueError as e:
         print(f"lmvalue {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The last line of defence for the environment's refusals (a full disk, a read-only folder,
+        # a path that is a file): the places that open user paths explain their own errors first.
+        print(f"lmvalue {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
         return 130
+    finally:
+        set_option_spellings(None)
     return 0
+
+
+def describe_os_error(e: OSError) -> str:
+    import errno
+
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    fix = {
+        errno.ENOSPC: "free some disk space (or write to another disk) and run the command again",
+        errno.EDQUOT: "free some disk space (or write to another disk) and run the command again",
+        errno.EACCES: "check the permissions of that path, or choose another one",
+        errno.EPERM: "check the permissions of that path, or choose another one",
+        errno.EROFS: "the file system is read-only: choose another path",
+        errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+        errno.EISDIR: "that path is a folder: give a file path",
+        errno.ENOENT: "check the path",
+    }.get(e.errno or -1, "check the path and the disk, then run the command again")
+    return f"cannot use{where}: {what}; {fix}"
 
 
 if __name__ == "__main__":

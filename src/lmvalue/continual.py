@@ -34,6 +34,7 @@ import torch
 from lmvalue.checkpoint import write_json_atomic
 from lmvalue.config import PretrainConfig, build_config, load_yaml
 from lmvalue.errors import ConfigError
+from lmvalue.weights import from_pretrained
 
 log = logging.getLogger("lmvalue")
 
@@ -306,7 +307,7 @@ def _load_lm(path: str):
         )
         else AutoModelForMaskedLM
     )
-    return auto.from_pretrained(path).eval()
+    return from_pretrained(auto, path).eval()
 
 
 # --- regularizers --------------------------------------------------------------------------------
@@ -517,6 +518,9 @@ def save_yaml_dict(d: dict, path: Path) -> None:
 def _prepare_folder(out: Path, cfg: ContinualConfig) -> None:
     import shutil
 
+    from lmvalue.files import prepare_output_dir
+
+    prepare_output_dir(out, create=False)
     if out.exists() and any(out.iterdir()):
         if cfg.overwrite:
             shutil.rmtree(out)
@@ -528,32 +532,30 @@ def _prepare_folder(out: Path, cfg: ContinualConfig) -> None:
 
 
 def _plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lmvalue.plotting import figure_fonts
 
     m = np.array([[np.nan if v is None else v for v in row] for row in result["held_out_loss"]], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 1.8 * m.shape[1]), 1.6 + 0.6 * m.shape[0]))
-    im = ax.imshow(m, cmap="viridis_r", aspect="auto")
-    ax.set_xticks(range(m.shape[1]), [c[-28:] for c in result["corpora"]], rotation=20, ha="right")
-    ax.set_yticks(range(m.shape[0]), result["rows"])
-    finite = m[~np.isnan(m)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for r in range(m.shape[0]):
-        for c in range(m.shape[1]):
-            if not np.isnan(m[r, c]):
-                color = "black" if m[r, c] < middle else "white"  # light cells (low loss) get dark text
-                ax.text(c, r, f"{m[r, c]:.3f}", ha="center", va="center", color=color, fontsize=9)
-    bwt = result["bwt"]
-    title = "held-out LM loss (lower is better)"
-    if bwt is not None:
-        title += f"\nBWT {bwt:+.3f} (negative: forgetting)"
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure_fonts() as plt:
+        fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 1.8 * m.shape[1]), 1.6 + 0.6 * m.shape[0]))
+        im = ax.imshow(m, cmap="viridis_r", aspect="auto")
+        ax.set_xticks(range(m.shape[1]), [c[-28:] for c in result["corpora"]], rotation=20, ha="right")
+        ax.set_yticks(range(m.shape[0]), result["rows"])
+        finite = m[~np.isnan(m)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for r in range(m.shape[0]):
+            for c in range(m.shape[1]):
+                if not np.isnan(m[r, c]):
+                    color = "black" if m[r, c] < middle else "white"  # light cells (low loss) get dark text
+                    ax.text(c, r, f"{m[r, c]:.3f}", ha="center", va="center", color=color, fontsize=9)
+        bwt = result["bwt"]
+        title = "held-out LM loss (lower is better)"
+        if bwt is not None:
+            title += f"\nBWT {bwt:+.3f} (negative: forgetting)"
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
 
 
 __all__ = [

@@ -41,11 +41,12 @@ from lmvalue.inference import METHOD_FILE, TaskModel, check_labels, head_labels,
 from lmvalue.loop import make_accelerator, resolve_precision, train_loop
 from lmvalue.methods import Method, MethodContext, get_method
 from lmvalue.models import check_vocab, count_parameters, preset_config
-from lmvalue.prompting import PROMPT_METHODS, fit_prompt, resolve_prompt
+from lmvalue.prompting import PROMPT_METHODS, check_masked_lm_start, fit_prompt, resolve_prompt
 from lmvalue.tasks import TaskSpec, _some, build_spec, infer_kind
 from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
 from lmvalue.tasks.metrics import summary
 from lmvalue.tasks.pooling import reinit_top_layers, set_pooling
+from lmvalue.weights import from_pretrained
 
 log = logging.getLogger("lmvalue")
 
@@ -286,7 +287,7 @@ def build_task_model(
     if mcfg.init_from and not mcfg.from_scratch:
         ref = resolve_checkpoint(mcfg.init_from)
         check_vocab(tokenizer, AutoConfig.from_pretrained(ref), where=mcfg.init_from)
-        model = auto.from_pretrained(ref, ignore_mismatched_sizes=not reuse_head, **labels)
+        model = from_pretrained(auto, ref, ignore_mismatched_sizes=not reuse_head, **labels)
     else:
         if mcfg.init_from:
             config = AutoConfig.from_pretrained(resolve_checkpoint(mcfg.init_from))
@@ -428,6 +429,7 @@ def finetune(
     prompted = method.name in PROMPT_METHODS
     if prompted:
         resolve_prompt(cfg.method, cfg.data.source, data.spec.labels)  # a bad prompt fails before any write
+        check_masked_lm_start(cfg.method.name, cfg.model)  # so does a checkpoint without an MLM head
     start = prepare_network(cfg, data) if method.apply is not None else None
     probe_start = None
     if method.name == "probe":  # a bad checkpoint fails here, before anything is written

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from lmvalue.errors import CheckpointError, ConfigError
+from lmvalue.weights import from_pretrained
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -54,7 +55,7 @@ def generate(
             "pretrain one with model.arch=gpt2 (or llama), tokenizer.kind=bpe and objective.names=[clm]"
         )
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+    lm = from_pretrained(AutoModelForCausalLM, folder).eval()
     # Training saw every document after an end-of-text token, so the prompt starts the same way.
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, T)
     if tokenizer.eos_token_id is not None:

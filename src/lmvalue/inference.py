@@ -23,6 +23,7 @@ from lmvalue.tasks import TASK_FILE, TaskSpec, _some, example_labels
 from lmvalue.tasks.encode import encode, predict_logits, word_predictions
 from lmvalue.tasks.metrics import confusion_png, spans, summary, task_scores
 from lmvalue.tasks.pooling import POOLING_KEY, set_pooling
+from lmvalue.weights import from_pretrained
 
 log = logging.getLogger("lmvalue")
 
@@ -90,8 +91,11 @@ def score(task: TaskModel, examples: list[dict], *, out_dir: Path | None = None,
     ``{name}_confusion.png``.
 
     Returns:
-        the task's scores (see :mod:`lmvalue.tasks.metrics`) plus ``loss`` (mean cross-entropy of
-        the true labels the model knows) and ``examples``.
+        the task's scores (see :mod:`lmvalue.tasks.metrics`) plus ``examples`` and the mean
+        cross-entropy of the true labels: ``loss`` when the model knows every label; otherwise
+        (``unknown_labels=keep``) no ``loss`` but ``loss_known`` over the examples (tagging: tags)
+        whose label it knows, their number ``loss_known_count`` and ``unknown_label_count`` (a label
+        the model cannot predict has no probability, so no loss can include it).
     """
     spec = task.spec
     outputs = task.outputs(examples)
@@ -114,7 +118,15 @@ def score(task: TaskModel, examples: list[dict], *, out_dir: Path | None = None,
         predicted = [labels[int(np.argmax(p))] for p in outputs]
         losses = [-np.log(max(p[index[t]], 1e-12)) for t, p in zip(truth, outputs, strict=True) if t in index]
     scores = task_scores(spec, truth, predicted)
-    scores["loss"] = float(np.mean(losses)) if losses else float("nan")
+    flat_truth = [t for s in truth for t in s] if spec.level == "token" else truth
+    unknown = sum(t not in index for t in flat_truth)
+    if not unknown:
+        scores["loss"] = float(np.mean(losses)) if losses else float("nan")
+    else:
+        if losses:
+            scores["loss_known"] = float(np.mean(losses))
+        scores["loss_known_count"] = len(losses)
+        scores["unknown_label_count"] = unknown
     scores["examples"] = len(examples)
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -124,6 +136,20 @@ def score(task: TaskModel, examples: list[dict], *, out_dir: Path | None = None,
         flat_pred = [t for s in predicted for t in s] if spec.level == "token" else predicted
         confusion_png(flat_true, flat_pred, labels, out_dir / f"{name}_confusion.png", title=f"{name} split")
     return scores
+
+
+def loss_note(scores: dict, *, tagging: bool = False) -> str | None:
+    """What ``loss_known`` of :func:`score` is over, in words; None when every label was known."""
+    if "loss_known_count" not in scores:
+        return None
+    unit = "tags" if tagging else "examples"
+    known, unknown = scores["loss_known_count"], scores["unknown_label_count"]
+    if not known:
+        return f"no loss: none of the {unit} has a label the model knows ({unknown} unknown)"
+    return (
+        f"loss_known is over the {known} {unit} whose label the model knows; the {unknown} with "
+        "labels it does not know have no loss (the model gives those labels no probability)"
+    )
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -203,7 +229,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
 
         demos = [json.loads(line) for line in (folder / DEMOS_FILE).read_text(encoding="utf-8").splitlines()]
         scorer = InContextScorer(
-            AutoModelForCausalLM.from_pretrained(str(folder)).eval(),
+            from_pretrained(AutoModelForCausalLM, folder).eval(),
             load_tokenizer(folder),
             PromptSpec.load(folder / PROMPT_FILE),
             demos,
@@ -217,7 +243,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
 
         from lmvalue.prompting import PROMPT_FILE, ClozeScorer, PromptSpec
 
-        model = AutoModelForMaskedLM.from_pretrained(str(folder)).eval()
+        model = from_pretrained(AutoModelForMaskedLM, folder).eval()
         scorer = ClozeScorer(
             model,
             load_tokenizer(folder),
@@ -256,7 +282,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     )
     tokenizer = load_tokenizer(tokenizer_dir)
     _quiet_transformers()
-    model = _auto_class(spec.level).from_pretrained(str(base_dir))
+    model = from_pretrained(_auto_class(spec.level), base_dir)
     set_pooling(model, getattr(model.config, POOLING_KEY, "cls"))  # model.pooling=mean, as trained
     if name != "full":
         from lmvalue.config import MethodConfig, from_dict
@@ -323,7 +349,10 @@ def evaluate_model(
     """Score a task model on a labeled file; with ``out_dir`` write metrics, report and confusion PNG."""
     from lmvalue.checkpoint import write_json_atomic
     from lmvalue.data.sources import load_labeled
+    from lmvalue.files import prepare_output_dir
 
+    if out_dir is not None:
+        prepare_output_dir(out_dir, create=False)  # before the model and data are read
     task = load_task_model(model_dir)
     spec = task.spec
     if spec.kind == "pair" and not text_pair_column:
@@ -337,7 +366,7 @@ def evaluate_model(
     )
     check_labels(spec, examples, where=str(source), unknown=unknown_labels)
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(out_dir)
     scores = score(task, examples, out_dir=Path(out_dir) if out_dir else None, name="eval")
     result = {"model": str(model_dir), "data": str(source), "task": spec.kind, "metric": spec.metric}
     result.update(summary(scores))
@@ -347,34 +376,47 @@ def evaluate_model(
     return result
 
 
-def read_inputs(source: str, spec: TaskSpec, *, text_column: str = "text") -> list[dict | None]:
+def read_inputs(
+    source: str, spec: TaskSpec, *, text_column: str = "text", encoding: str = "utf-8", errors: str = "strict"
+) -> list[dict | None]:
     """Raw inputs of ``predict``, one per line/row, in order; None for empty lines.
 
-    ``-`` or a ``.txt`` file: one input per line (``text<TAB>text_pair`` for pair tasks; for
+    ``-`` or a ``.txt`` file: one input per ``\n`` line (``text<TAB>text_pair`` for pair tasks; for
     tagging, whitespace-separated tokens, or characters when the model was trained on characters).
     ``.jsonl``: objects with ``text`` (``text_pair``) or ``tokens``. ``.csv``/``.tsv``: a text column.
+    Lines are cut at ``\n`` only: U+0085, U+2028 and U+2029 inside a line stay in it.
     """
-    if source == "-":
-        lines = sys.stdin.read().splitlines()
-        return [_from_line(line, spec) for line in lines]
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"input file {source} does not exist")
-    suffix = path.suffix.lower()
+    from lmvalue.data.lines import read_lines
+
+    if source != "-":
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"input file {source} does not exist: check the path (--input)")
+        if path.is_dir():
+            raise DataError(f"input {source} is a folder: give a .txt, .jsonl or .csv file (--input)")
+    suffix = Path(source).suffix.lower() if source != "-" else ".txt"
     if suffix in (".jsonl", ".ndjson"):
         out = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_lines(source, encoding=encoding, errors=errors), 1):
             if not line.strip():
                 out.append(None)
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{source} line {n}: not valid JSON ({e.msg})") from None
             if isinstance(rec, str):
                 out.append(_from_line(rec, spec))
+            elif not isinstance(rec, dict):
+                raise DataError(
+                    f"{source} line {n}: expected a JSON object with a {text_column!r} field (or a string), "
+                    f"got {type(rec).__name__}"
+                )
             elif "tokens" in rec:
-                out.append({"tokens": list(rec["tokens"])} if rec["tokens"] else None)
+                tokens = rec["tokens"]
+                if not isinstance(tokens, list):
+                    raise DataError(f"{source} line {n}: 'tokens' must be a list of strings")
+                out.append({"tokens": [str(t) for t in tokens]} if tokens else None)
             elif text_column in rec:
                 text = str(rec[text_column] or "")
                 out.append(
@@ -382,21 +424,30 @@ def read_inputs(source: str, spec: TaskSpec, *, text_column: str = "text") -> li
                 )
             else:
                 raise DataError(
-                    f"{path} line {n}: no {text_column!r} (or 'tokens') field; it has {sorted(rec)}"
+                    f"{source} line {n}: no {text_column!r} (or 'tokens') field; it has {sorted(rec)}. "
+                    "Name the field with --text-column"
                 )
         return out
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        import io
+
+        text = "\n".join(read_lines(source, encoding=encoding, errors=errors))
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
+        except csv.Error as e:
+            raise DataError(f"{source}: not a valid {suffix[1:].upper()} file ({e})") from None
         if rows and text_column not in rows[0]:
-            raise DataError(f"{path} has no column {text_column!r}; it has {list(rows[0])}")
+            raise DataError(
+                f"{source} has no column {text_column!r}; it has {list(rows[0])}. Name the column with "
+                "--text-column"
+            )
         return [
             _from_line(r[text_column] or "", spec)
             if spec.kind != "pair"
             else _pair(r[text_column], r.get("text_pair"))
             for r in rows
         ]
-    return [_from_line(line, spec) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [_from_line(line, spec) for line in read_lines(source, encoding=encoding, errors=errors)]
 
 
 def _pair(text, pair):
@@ -430,11 +481,38 @@ def predict_rows(task: TaskModel, inputs: list[dict | None]) -> list[dict]:
     return rows
 
 
+PREDICTION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+
+
+def prediction_format(output: str | None) -> str:
+    """``jsonl``, ``csv`` or ``tsv``: what ``predict`` writes to ``output``, from its suffix (JSON
+    Lines on stdout when there is none). Called before the model is loaded.
+
+    Raises:
+        ConfigError: a suffix none of the formats has (``.xlsx``, ``.txt``, none...).
+    """
+    if not output:
+        return "jsonl"
+    suffix = Path(output).suffix.lower()
+    if suffix not in PREDICTION_FORMATS:
+        from lmvalue.errors import ConfigError
+
+        raise ConfigError(
+            f"--output {output}: cannot write predictions as {suffix or 'a file without a suffix'}; "
+            "the suffix picks the format: .jsonl or .json (JSON Lines), .csv (CSV) or .tsv (tab-separated)"
+        )
+    return PREDICTION_FORMATS[suffix]
+
+
 def write_rows(rows: list[dict], spec: TaskSpec, output: str | None) -> None:
-    """JSON Lines (default, stdout when ``output`` is None) or CSV (``.csv`` output)."""
-    if output and output.lower().endswith((".csv", ".tsv")):
-        delimiter = "\t" if output.lower().endswith(".tsv") else ","
-        with open(output, "w", encoding="utf-8", newline="") as f:
+    """JSON Lines (stdout when ``output`` is None), CSV or TSV, by ``output``'s suffix (see
+    :func:`prediction_format`)."""
+    fmt = prediction_format(output)
+    if fmt in ("csv", "tsv"):
+        delimiter = "\t" if fmt == "tsv" else ","
+        from lmvalue.files import open_atomic
+
+        with open_atomic(output, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, delimiter=delimiter)
             if spec.level == "token":
                 w.writerow(["line", "tokens", "tags", "spans"])
@@ -458,6 +536,8 @@ def write_rows(rows: list[dict], spec: TaskSpec, output: str | None) -> None:
         return
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        from lmvalue.files import write_text_atomic
+
+        write_text_atomic(output, text)
     else:
         sys.stdout.write(text)

@@ -16,6 +16,7 @@ atomic checkpoints with exact resume (optimizer, RNG and data position). It runs
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -31,6 +32,8 @@ from lmvalue.checkpoint import STATE_FILE, RunDir, write_json_atomic
 from lmvalue.config import TrainConfig
 from lmvalue.dropout import use_fast_dropout
 from lmvalue.errors import TrainingError
+
+log = logging.getLogger("lmvalue")
 
 
 @dataclass
@@ -216,6 +219,8 @@ def train_loop(
         rng_file = resume_from / f"rng_rank{rank}.pt"
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=False))
+        if main:
+            log.info("resumed from step %d of %d (checkpoint %s)", state.step, cfg.max_steps, resume_from)
     if cfg.fast_dropout:
         use_fast_dropout(model)  # no weights change: saved checkpoints are the same
     if cfg.fast_attention:

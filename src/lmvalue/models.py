@@ -28,6 +28,7 @@ from transformers import (
 
 from lmvalue.config import ModelConfig
 from lmvalue.errors import CheckpointError, LmvalueError
+from lmvalue.weights import from_pretrained
 
 DECODER_ARCHS = ("gpt2", "llama")
 
@@ -114,7 +115,7 @@ def build_lm(cfg: ModelConfig, tokenizer, *, seed: int = 0) -> PreTrainedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-            model = auto.from_pretrained(cfg.init_from)
+            model = from_pretrained(auto, cfg.init_from)
         return model
     torch.manual_seed(seed)
     config = preset_config(cfg, tokenizer)

@@ -47,9 +47,9 @@ def save_hf(model, tokenizer, cfg):
 
 def load_hf_weights(model, folder: Path) -> None:
     """Load ``model.safetensors`` from a checkpoint folder into ``model`` (tied weights allowed missing)."""
-    from safetensors.torch import load_file
+    from lmvalue.weights import load_safetensors
 
-    state = load_file(str(folder / "model.safetensors"))
+    state = load_safetensors(folder / "model.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {
         name for name, _ in model.named_parameters()

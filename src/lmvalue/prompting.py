@@ -293,15 +293,74 @@ class ClozeScorer:
 
 
 def load_masked_lm(ref: str):
-    """(model, tokenizer) of a masked-LM checkpoint: an lmvalue run folder, a HF folder or hub name."""
-    from transformers import AutoModelForMaskedLM
+    """(model, tokenizer) of a masked-LM checkpoint: an lmvalue run folder, a HF folder or hub name.
 
+    Raises:
+        CheckpointError: the checkpoint has no trained masked-LM head (see :func:`masked_lm_weights`).
+    """
     from lmvalue.finetune import resolve_checkpoint
     from lmvalue.tokenizer import load_tokenizer
 
     path = resolve_checkpoint(ref)
-    model = AutoModelForMaskedLM.from_pretrained(path)
-    return model, load_tokenizer(path)
+    return masked_lm_weights(path, ref=ref), load_tokenizer(path)
+
+
+def masked_lm_weights(path: str, *, ref: str | None = None):
+    """``AutoModelForMaskedLM`` of checkpoint ``path`` (a folder or hub name), refusing one whose
+    weights lack the masked-LM head.
+
+    Prompting reads its answer off the MLM head. transformers fills head weights a checkpoint lacks
+    with fresh random values and goes on, so a fine-tuned classifier (a task head, no MLM head) would
+    be "prompted" through an untrained head and score at chance without a word. The weights the
+    checkpoint lacks outside the encoder (``missing_keys`` of the load, outside the
+    ``base_model_prefix``) are that head; any of them is an error.
+
+    Raises:
+        CheckpointError: no masked-LM architecture for the config, or no trained MLM head.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    from lmvalue.errors import CheckpointError
+
+    where = ref or path
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    except ValueError as e:  # a config type with no masked-LM class (a causal LM, ...)
+        raise CheckpointError(
+            f"{where} is not a masked LM, which cloze prompting needs ({e}); use a masked-LM "
+            "pretraining run (objective mlm) or a *ForMaskedLM checkpoint"
+        ) from None
+    prefix = f"{model.base_model_prefix}."
+    head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+    if head:
+        archs = getattr(model.config, "architectures", None) or []
+        origin = _fine_tuned_from(Path(path))
+        raise CheckpointError(
+            f"{where} has no trained masked-LM head: its weights lack {', '.join(head[:4])}"
+            + (f" and {len(head) - 4} more" if len(head) > 4 else "")
+            + (f" (its config.json lists {', '.join(archs)})" if archs else "")
+            + ". Prompting reads the answer off that head, and a freshly initialised one scores at "
+            "chance. Use a masked-LM checkpoint instead: "
+            + (f"{origin}, the one this model was fine-tuned from, or " if origin else "")
+            + "a pretraining run (its folder or its model/), or any *ForMaskedLM / *ForPreTraining "
+            "folder or hub name"
+        )
+    return model
+
+
+def _fine_tuned_from(folder: Path) -> str | None:
+    """The ``model.init_from`` an lmvalue fine-tuned model folder records, if any."""
+    import yaml
+
+    saved = folder / "lmvalue_config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    return (model or {}).get("init_from") if isinstance(model, dict) else None
 
 
 def evaluate_zero_shot(
@@ -329,8 +388,11 @@ def evaluate_zero_shot(
     from lmvalue.data.budget import carve_test, dedupe
     from lmvalue.data.sources import load_labeled
     from lmvalue.errors import DataError
+    from lmvalue.files import prepare_output_dir
     from lmvalue.tasks.metrics import classification_scores, summary
 
+    if out_dir:
+        prepare_output_dir(out_dir, create=False)
     t0 = time.perf_counter()
     read = dict(text_column=text_column, label_column=label_column)
     if test:
@@ -461,8 +523,22 @@ def _start_mlm(mcfg, seed: int):
         torch.manual_seed(seed)
         model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(path))
     else:
-        model = AutoModelForMaskedLM.from_pretrained(path)
+        model = masked_lm_weights(path, ref=mcfg.init_from)
     return model, load_tokenizer(path)
+
+
+def check_masked_lm_start(method: str, mcfg) -> None:
+    """Before a cloze method (zero-shot, pet) writes anything: ``model.init_from`` must carry a
+    trained masked-LM head (:func:`masked_lm_weights`), unless ``model.from_scratch`` asks for fresh
+    weights anyway.
+
+    Raises:
+        CheckpointError: the checkpoint has no trained MLM head.
+    """
+    from lmvalue.finetune import resolve_checkpoint
+
+    if method in ("zero-shot", "pet") and mcfg.init_from and not mcfg.from_scratch:
+        masked_lm_weights(resolve_checkpoint(mcfg.init_from), ref=mcfg.init_from)
 
 
 def _start_causal_lm(mcfg):

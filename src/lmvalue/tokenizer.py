@@ -21,10 +21,13 @@ Three kinds are supported:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 import shutil
+import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,18 +141,25 @@ def train_tokenizer(
 
     stream = _TextStream(texts, max_docs, count_chars=(kind == "unigram"))
     backend = _build_backend(kind, lowercase, special_tokens)
-    trainer = _build_trainer(kind, vocab_size, min_frequency, special_tokens, show_progress)
-    try:
-        backend.train_from_iterator(stream.batches(), trainer=trainer, length=_known_length(texts, max_docs))
-    except Exception as err:
-        if "not large enough to contain all chars" not in str(err):
-            raise
-        raise ConfigError(
-            f"vocab_size={vocab_size} is too small for a unigram tokenizer on this corpus: unigram keeps "
-            f"every distinct character and the texts have about {len(stream.chars)} of them. Set "
-            f"vocab_size to at least {len(stream.chars) + len(special_tokens) + 100}, or use "
-            "kind='wordpiece' (which keeps only the most frequent characters)."
-        ) from err
+    if kind == "wordpiece":
+        _train_wordpiece(backend, stream, vocab_size, min_frequency, special_tokens, show_progress)
+    else:
+        trainer = _build_trainer(kind, vocab_size, min_frequency, special_tokens, show_progress)
+        try:
+            backend.train_from_iterator(
+                stream.batches(), trainer=trainer, length=_known_length(texts, max_docs)
+            )
+        except Exception as err:
+            if "not large enough to contain all chars" not in str(err):
+                raise
+            raise ConfigError(
+                f"vocab_size={vocab_size} is too small for a unigram tokenizer on this corpus: unigram keeps "
+                f"every distinct character and the texts have about {len(stream.chars)} of them. Set "
+                f"vocab_size to at least {len(stream.chars) + len(special_tokens) + 100}, or use "
+                "kind='wordpiece' (which keeps only the most frequent characters)."
+            ) from err
+        if kind == "unigram":
+            _canonicalize_unigram(backend, len(special_tokens))
 
     _finish_backend(backend, kind, vocab_size, special_tokens)
     tokenizer = _wrap(backend, kind, special_tokens, model_max_length)
@@ -316,20 +326,9 @@ def _build_backend(kind: str, lowercase: bool, special_tokens: list[str]) -> Tok
 def _build_trainer(
     kind: str, vocab_size: int, min_frequency: int, special_tokens: list[str], show_progress: bool
 ) -> Any:
+    """The Rust trainer for ``bpe`` and ``unigram`` (wordpiece has its own, see :func:`_train_wordpiece`)."""
     from tokenizers import pre_tokenizers, trainers
 
-    if kind == "wordpiece":
-        # Keep the alphabet below the budget (a CJK corpus can have more distinct characters than a small
-        # vocab_size); the rarest characters then become [UNK]. Some room is left for the "##x" forms.
-        budget = vocab_size - len(special_tokens)
-        return trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=special_tokens,
-            limit_alphabet=max(1, budget - min(1000, budget // 5)),
-            continuing_subword_prefix="##",
-            show_progress=show_progress,
-        )
     if kind == "bpe":
         return trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -344,6 +343,264 @@ def _build_trainer(
         unk_token=_BERT_ROLES["unk_token"],
         show_progress=show_progress,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic WordPiece training
+# --------------------------------------------------------------------------------------------------
+#
+# The Rust WordPieceTrainer (a BPE trainer with "##" continuations) iterates std HashMaps seeded per
+# process: the "##x" forms get ids in hash order, merges tie-break on those ids, and limit_alphabet breaks
+# count ties in hash order, so two runs on the same texts give different vocabularies. The trainer below
+# follows the same algorithm with a canonical order everywhere, so the same texts and settings always give
+# the same tokenizer.json.
+
+_CONTINUATION = "##"
+
+
+def _wordpiece_limit_alphabet(vocab_size: int, n_special: int) -> int:
+    """Keep the alphabet below the budget (a CJK corpus can have more distinct characters than a small
+    vocab_size); the rarest characters then become [UNK]. Some room is left for the "##x" forms."""
+    budget = vocab_size - n_special
+    return max(1, budget - min(1000, budget // 5))
+
+
+def _count_words(backend: Tokenizer, batches: Iterable[list[str]]) -> Counter[str]:
+    """Word counts of batches of texts after the backend's own normalizer and pre-tokenizer (the words the
+    Rust trainers count)."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+    words: Counter[str] = Counter()
+    if not (
+        isinstance(normalizer, normalizers.BertNormalizer)
+        and isinstance(pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+    ):
+        normalize = normalizer.normalize_str if normalizer is not None else str
+        for batch in batches:
+            for text in batch:
+                words.update([word for word, _ in pre_tokenizer.pre_tokenize_str(normalize(text))])
+        return words
+
+    # Fast path, same counts: the BERT normalizer maps each character on its own (a space stays a space and
+    # nothing combines across it) and the BERT pre-tokenizer first splits at whitespace. So batches of texts
+    # are normalized joined by spaces, split at spaces here, and each distinct piece is pre-tokenized once.
+    pieces: Counter[str] = Counter()
+    for batch in batches:
+        pieces.update(normalizer.normalize_str(" ".join(batch)).split(" "))
+    for piece, count in pieces.items():
+        for word, _ in pre_tokenizer.pre_tokenize_str(piece):
+            words[word] += count
+    return words
+
+
+def _wordpiece_vocab(
+    words: Counter[str], vocab_size: int, min_frequency: int, special_tokens: list[str], limit_alphabet: int
+) -> list[str]:
+    """Train WordPiece (BPE merges over ``##`` continuations) on word counts; return tokens in id order.
+
+    The WordPieceTrainer algorithm, with every order made canonical:
+
+    1. the special tokens, in order;
+    2. the alphabet: the characters of the words (counted with the words' counts), at most
+       ``limit_alphabet`` of them, chosen by (count descending, character); added in codepoint order.
+       Characters left out are dropped from the words (they become [UNK]);
+    3. every word becomes its first character and ``##``-prefixed following characters; the ``##c`` forms
+       are added sorted;
+    4. merges: repeatedly merge the adjacent pair with the highest count (counts weighted by word counts),
+       ties broken by the pair's strings (left token, then right token, in codepoint order), while the
+       count is >= ``min_frequency`` (and >= 1) and the vocabulary is smaller than ``vocab_size``. ``a`` +
+       ``##b`` gives ``ab``, ``##a`` + ``##b`` gives ``##ab``. A merge whose result is already a token
+       changes the words but adds nothing to the vocabulary.
+
+    Pair counts are updated incrementally from the words that hold the merged pair (an index pair ->
+    words), and the best pair comes from a heap whose stale entries are re-pushed with their current count.
+    """
+    # 1-2. special tokens, alphabet
+    tokens: list[str] = []
+    token_ids: dict[str, int] = {}
+
+    def add(token: str) -> int:
+        token_id = token_ids.get(token)
+        if token_id is None:
+            token_id = token_ids[token] = len(tokens)
+            tokens.append(token)
+        return token_id
+
+    for token in special_tokens:
+        add(token)
+    char_counts: Counter[str] = Counter()
+    for word, count in words.items():
+        for char in word:
+            char_counts[char] += count
+    alphabet = [
+        char for char, _ in sorted(char_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit_alphabet]
+    ]
+    for char in sorted(alphabet):
+        add(char)
+    known = set(token_ids)  # a character is kept when it is a token (an alphabet char or a 1-char special)
+
+    # 3. words as lists of token ids; only words of two symbols or more can be merged
+    continuations = sorted({_CONTINUATION + c for word in words for c in word[1:] if c in known})
+    for token in continuations:
+        add(token)
+    symbols: list[list[int]] = []
+    counts: list[int] = []
+    for word, count in words.items():
+        ids = [token_ids[c if i == 0 else _CONTINUATION + c] for i, c in enumerate(word) if c in known]
+        if len(ids) > 1:
+            symbols.append(ids)
+            counts.append(count)
+
+    # 4. merges
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for index, ids in enumerate(symbols):
+        count = counts[index]
+        for pair in zip(ids, ids[1:], strict=False):
+            pair_counts[pair] = pair_counts.get(pair, 0) + count
+            where.setdefault(pair, set()).add(index)
+    heap = [(-count, tokens[a], tokens[b], a, b) for (a, b), count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    prefix_len = len(_CONTINUATION)
+    while len(tokens) < vocab_size and heap:
+        neg_count, left, right, a, b = heapq.heappop(heap)
+        pair = (a, b)
+        count = pair_counts.get(pair, 0)
+        if count != -neg_count:  # stale entry: the count went down since it was pushed
+            if count > 0:
+                heapq.heappush(heap, (-count, left, right, a, b))
+            continue
+        if count < 1 or count < min_frequency:
+            break  # the best pair is too rare: so is every other one
+        new_id = add(left + (right[prefix_len:] if right.startswith(_CONTINUATION) else right))
+
+        # Merge (a, b) left to right in every word that holds it, and collect the pair count changes:
+        # the pairs around each merged occurrence lose one count and the pairs with the new token gain one.
+        deltas: dict[tuple[int, int], int] = {}
+        for index in where.pop(pair, ()):
+            ids = symbols[index]
+            n = len(ids)
+            i = 0
+            merged: list[int] = []
+            changed = False
+            word_count = counts[index]
+            while i < n:
+                if ids[i] == a and i + 1 < n and ids[i + 1] == b:
+                    changed = True
+                    if merged:
+                        before = merged[-1]
+                        deltas[(before, a)] = deltas.get((before, a), 0) - word_count
+                        gained = (before, new_id)
+                        deltas[gained] = deltas.get(gained, 0) + word_count
+                        where.setdefault(gained, set()).add(index)
+                    if i + 2 < n:
+                        after = ids[i + 2]
+                        deltas[(b, after)] = deltas.get((b, after), 0) - word_count
+                        gained = (new_id, after)
+                        deltas[gained] = deltas.get(gained, 0) + word_count
+                        where.setdefault(gained, set()).add(index)
+                    merged.append(new_id)
+                    i += 2
+                else:
+                    merged.append(ids[i])
+                    i += 1
+            if changed:
+                symbols[index] = merged
+        for changed_pair, delta in deltas.items():
+            count = pair_counts.get(changed_pair, 0) + delta
+            if count > 0:
+                pair_counts[changed_pair] = count
+                if delta > 0:  # went up: push it (entries that went down are refreshed when popped)
+                    x, y = changed_pair
+                    heapq.heappush(heap, (-count, tokens[x], tokens[y], x, y))
+            else:
+                pair_counts.pop(changed_pair, None)
+        pair_counts.pop(pair, None)  # every occurrence was merged
+    return tokens
+
+
+def _train_wordpiece(
+    backend: Tokenizer,
+    stream: _TextStream,
+    vocab_size: int,
+    min_frequency: int,
+    special_tokens: list[str],
+    show_progress: bool,
+) -> None:
+    """Train the backend's WordPiece model deterministically (see :func:`_wordpiece_vocab`)."""
+    from tokenizers import models
+
+    words = _count_words(backend, stream.batches())
+    if show_progress:
+        print(
+            f"[tokenizer] {stream.kept} texts, {len(words)} distinct words; computing merges", file=sys.stderr
+        )
+    tokens = _wordpiece_vocab(
+        words,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens,
+        limit_alphabet=_wordpiece_limit_alphabet(vocab_size, len(special_tokens)),
+    )
+    if show_progress:
+        print(f"[tokenizer] {len(tokens)} tokens", file=sys.stderr)
+    backend.model = models.WordPiece(
+        vocab={token: i for i, token in enumerate(tokens)},
+        unk_token=_BERT_ROLES["unk_token"],
+        continuing_subword_prefix=_CONTINUATION,
+    )
+    backend.add_special_tokens(special_tokens)  # as the Rust trainer does after training
+
+
+# --------------------------------------------------------------------------------------------------
+# Unigram: a canonical form of the Rust trainer's output
+# --------------------------------------------------------------------------------------------------
+
+# Unigram scores are rounded to this many decimals: the Rust trainer sums floats in hash order, so the
+# same corpus gives scores that differ in the last bits (~1e-12) from one process to the next.
+_UNIGRAM_SCORE_DECIMALS = 5
+# The Rust trainer gives the required characters that EM dropped the scores min + k * 1e-4 (k = 0, 1...),
+# k in hash order.
+_UNIGRAM_PENALTY_STEP = 1e-4
+
+
+def _canonicalize_unigram(backend: Tokenizer, n_special: int) -> None:
+    """Make the trained unigram model independent of the Rust trainer's hash orders.
+
+    The Rust UnigramTrainer is not deterministic (it iterates hash maps with a per-process seed): the
+    pieces are the same on the runs we checked, but (1) every score moves in the last bits, (2) the
+    characters it must keep but EM dropped get the scores ``min + k * 1e-4`` with k in hash order, and
+    (3) pieces with equal scores come in hash order. Here (2) those characters get the lowest learned
+    score ``min`` (as if seen once), (1) scores are rounded to 5 decimals, and (3) pieces are sorted by
+    (score descending, piece), after the special tokens, which keep their ids. This makes the output
+    byte-identical across runs unless a score's noise straddles a rounding boundary or EM selects
+    different pieces on a near tie (both rare; not guaranteed, as the training itself is the Rust one).
+    """
+    import json
+
+    from tokenizers import models
+
+    state = json.loads(backend.to_str())["model"]
+    pieces: list[tuple[str, float]] = [(piece, float(score)) for piece, score in state["vocab"]]
+    specials, learned = pieces[:n_special], pieces[n_special:]
+    if learned:
+        lowest = min(score for _, score in learned)
+        on_ladder: dict[int, list[int]] = {}  # k -> indices of single characters at lowest + k * step
+        for index, (piece, score) in enumerate(learned):
+            if len(piece) == 1:
+                k = round((score - lowest) / _UNIGRAM_PENALTY_STEP)
+                if k >= 1 and abs(score - (lowest + k * _UNIGRAM_PENALTY_STEP)) < 1e-7:
+                    on_ladder.setdefault(k, []).append(index)
+        k = 1
+        while k in on_ladder:  # the ladder is contiguous from k = 1
+            for index in on_ladder[k]:
+                learned[index] = (learned[index][0], lowest)
+            k += 1
+    rounded = [(piece, round(score, _UNIGRAM_SCORE_DECIMALS) + 0.0) for piece, score in learned]
+    rounded.sort(key=lambda item: (-item[1], item[0]))
+    backend.model = models.Unigram(specials + rounded, state.get("unk_id"), state.get("byte_fallback", False))
 
 
 def _finish_backend(tok: Tokenizer, kind: str, vocab_size: int, special_tokens: list[str]) -> None:

@@ -17,7 +17,6 @@ curves compare nested label sets).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -25,8 +24,6 @@ from collections.abc import Callable
 import numpy as np
 
 from lmvalue.errors import DataError
-
-log = logging.getLogger("lmvalue")
 
 # Separate streams of randomness for the separate draws (numpy SeedSequence keys).
 _TEST, _BUDGET, _DEV = 11, 22, 33
@@ -149,7 +146,8 @@ def draw_budget(
     in proportion to the pool (each class gets at least one when N allows). Neither: the whole pool.
 
     Returns:
-        (budget, info) with the per-class counts drawn and any shortfall.
+        (budget, info) with the per-class counts drawn and any shortfall (``info["shortfall"]``, a
+        sentence: nothing is logged here, the caller reports it with its other warnings).
 
     Raises:
         DataError: ``per_class`` with tagging data, or (``strict``) a budget larger than the data.
@@ -170,15 +168,13 @@ def draw_budget(
             )
             if strict:
                 raise DataError(msg + "; lower budget.per_class, or drop --strict to use all of them")
-            log.warning("%s; using all of them", msg)
-            info["shortfall"] = msg
+            info["shortfall"] = msg  # the caller says it, once (lmvalue.finetune.load_task_data)
         counts = {s: min(n, per_class) for s, n in sizes.items()}
     elif train_size is not None:
         if train_size > len(pool):
             msg = f"budget.train_size={train_size} is more than the {len(pool)} labeled examples available"
             if strict:
                 raise DataError(msg + "; lower budget.train_size, or drop --strict to use all of them")
-            log.warning("%s; using all of them", msg)
             info["shortfall"] = msg
         counts = _allocate(min(train_size, len(pool)), sizes, at_least_one=None not in groups)
     else:

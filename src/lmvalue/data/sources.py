@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmvalue.errors import DataError
+from lmvalue.data.lines import iter_lines as _iter_lines
+from lmvalue.errors import DataError, with_option
 
 __all__ = [
     "DEMO_SOURCES",
@@ -118,8 +119,9 @@ def load_texts(
         raise DataError(
             f"no text found in {_describe(source)}: every document is empty or whitespace-only"
             + (" (max_docs=0)" if max_docs == 0 else "")
-            + f". For tables the text is read from the column {text_column!r} "
-            "(text_column= / --data.text_column); check that the file(s) have content."
+            + f". For tables the text is read from the column {text_column!r}"
+            + with_option("data.text_column", "COLUMN")
+            + "; check that the file(s) have content."
         )
     return texts
 
@@ -146,7 +148,7 @@ def load_labeled(
     if task == "tagging" and text_pair_column:
         raise DataError(
             "text_pair_column is only used for sentence-pair classification, not task='tagging'; "
-            "unset text_pair_column (--data.text_pair_column)"
+            "unset text_pair_column"
         )
     _check_options(encoding, errors, max_docs)
     items = _resolve_all(source, mode=task)
@@ -242,14 +244,14 @@ def _check_options(encoding: str, errors: str, max_docs: int | None) -> None:
     except (LookupError, TypeError):
         raise DataError(
             f"unknown text encoding {encoding!r}: use a Python codec name such as 'utf-8', "
-            "'gb18030', 'big5' or 'latin-1' (encoding= / --data.encoding)"
+            "'gb18030', 'big5' or 'latin-1'" + with_option("data.encoding", "gb18030")
         ) from None
     try:
         codecs.lookup_error(errors)
     except (LookupError, TypeError):
         raise DataError(
-            f"unknown decoding error handler {errors!r}: use 'strict', 'replace' or 'ignore' "
-            "(errors= / --data.errors)"
+            f"unknown decoding error handler {errors!r}: use 'strict', 'replace' or 'ignore'"
+            + with_option("data.errors", "replace")
         ) from None
     if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 0):
         raise DataError(f"max_docs must be a non-negative integer or None, got {max_docs!r}")
@@ -432,116 +434,6 @@ def _capped(it: Iterator[Any], max_docs: int | None) -> Iterator[Any]:
 # low-level reading: binary check, line-by-line decoding with byte offsets
 # --------------------------------------------------------------------------------------------
 
-_COMPRESSED_MAGIC = {
-    b"\x1f\x8b": "gzip",
-    b"PK\x03\x04": "zip",
-    b"BZh": "bzip2",
-    b"\xfd7zXZ": "xz",
-    b"(\xb5/\xfd": "zstd",
-}
-
-
-def _is_wide(encoding: str) -> bool:
-    name = codecs.lookup(encoding).name
-    return name.startswith(("utf-16", "utf-32"))
-
-
-def _check_not_binary(path: Path, encoding: str) -> None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8192)
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file permissions") from None
-    if _is_wide(encoding):
-        return
-    for magic, kind in _COMPRESSED_MAGIC.items():
-        if head.startswith(magic):
-            raise DataError(
-                f"{path} is a {kind}-compressed file, not text; decompress it first "
-                "(compressed files are not read directly)"
-            )
-    nul = head.find(b"\x00")
-    if nul >= 0:
-        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-            hint = "it starts with a UTF-16 byte-order mark: set encoding='utf-16' (--data.encoding utf-16)"
-        else:
-            hint = "expected a text file (.txt, .csv, .tsv, .jsonl, .json) or a .parquet file"
-        raise DataError(f"{path} looks like a binary file (NUL byte at byte offset {nul}), not text; {hint}")
-
-
-def _suggest_encoding(path: Path, encoding: str) -> str:
-    """A codec that decodes the start of the file cleanly, to suggest in the error message."""
-    try:
-        with open(path, "rb") as f:
-            sample = f.read(1 << 16)
-    except OSError:
-        return ""
-    if len(sample) == 1 << 16 and b"\n" in sample:
-        sample = sample[: sample.rfind(b"\n") + 1]
-    current = codecs.lookup(encoding).name
-    for candidate in ("utf-8", "gb18030", "big5", "shift_jis", "cp1252"):
-        if codecs.lookup(candidate).name == current:
-            continue
-        try:
-            sample.decode(candidate)
-        except UnicodeDecodeError:
-            continue
-        return candidate
-    return ""
-
-
-def _decode_error(path: Path, encoding: str, offset: int, lineno: int, exc: UnicodeDecodeError) -> DataError:
-    bad = exc.object[exc.start : min(exc.end, exc.start + 4)]
-    guess = _suggest_encoding(path, encoding)
-    guess_hint = f"encoding='{guess}' (the start of the file decodes as {guess}) or another " if guess else ""
-    return DataError(
-        f"{path}: not valid {encoding} text at byte offset {offset} (line {lineno}): "
-        f"bad byte(s) {bad.hex(' ')} ({exc.reason}). Set {guess_hint}encoding= matching the file "
-        "(--data.encoding), or errors='replace' (--data.errors replace) to load it with U+FFFD in "
-        "place of bad bytes"
-    )
-
-
-def _iter_lines(path: Path, encoding: str, errors: str, keepends: bool = False) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)``; decoded line by line so that errors know their byte offset."""
-    _check_not_binary(path, encoding)
-    if _is_wide(encoding):
-        yield from _iter_lines_wide(path, encoding, errors, keepends)
-        return
-    offset = 0
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed in finally
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file permissions") from None
-    try:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode(encoding, errors)
-            except UnicodeDecodeError as e:
-                raise _decode_error(path, encoding, offset + e.start, lineno, e) from None
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            offset += len(raw)
-            yield lineno, (line if keepends else line.rstrip("\r\n"))
-    finally:
-        f.close()
-
-
-def _iter_lines_wide(path: Path, encoding: str, errors: str, keepends: bool) -> Iterator[tuple[int, str]]:
-    lineno = 0
-    try:
-        with open(path, encoding=encoding, errors=errors, newline="") as f:
-            for lineno, line in enumerate(f, 1):  # noqa: B007 - used in the error message
-                if lineno == 1 and line.startswith("\ufeff"):
-                    line = line[1:]
-                yield lineno, (line if keepends else line.rstrip("\r\n"))
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not valid {encoding} text near line {lineno + 1} ({e.reason}); set encoding= to "
-            "the file's encoding (--data.encoding) or errors='replace' (--data.errors replace)"
-        ) from None
-
-
 # --------------------------------------------------------------------------------------------
 # tables: csv / tsv / jsonl / json / parquet, yielding (location, record)
 # --------------------------------------------------------------------------------------------
@@ -555,10 +447,10 @@ def _column_error(
     lower = [c for c in available if str(c).lower() == column.lower()]
     guess = lower[0] if lower else (close[0] if close else None)
     hint = f"did you mean {guess!r}? " if guess is not None else ""
-    cli = "--data." + option
+    flag = with_option("data." + option, repr(guess) if guess is not None else "NAME")
     return DataError(
         f"{path}{where}: no {what} {column!r}; the file has {what}s {avail}. {hint}"
-        f"Set {option}= ({cli}) to the {what} that holds the data"
+        f"Set {option}{flag} to the {what} that holds the data"
     )
 
 
@@ -921,7 +813,7 @@ def _classification_of(item: _Item, opts: _ReadOptions) -> Iterator[dict]:
             )
         if opts.text_pair_column:
             raise DataError(
-                "demo:zh-reviews has no sentence pairs; unset text_pair_column (--data.text_pair_column)"
+                "demo:zh-reviews has no sentence pairs; unset text_pair_column"
             )
         return _demo_reviews_labeled()
     if item.kind == "hf":
@@ -957,7 +849,9 @@ def _classification_example(path: Any, where: str, rec: dict, opts: _ReadOptions
     if label is None:
         raise DataError(
             f"{path}{where}: empty label in column {opts.label_column!r}; every example needs a label "
-            "(remove the row, or set label_column= / --data.label_column to the right column)"
+            "(remove the row, or set label_column"
+            + with_option("data.label_column", "COLUMN")
+            + " to the right column)"
         )
     ex = {"text": text.rstrip()}
     if opts.text_pair_column:
@@ -1007,12 +901,18 @@ def _conll_tagging(path: Path, opts: _ReadOptions) -> Iterator[dict]:
 def _iter_conll(path: Path, opts: _ReadOptions) -> Iterator[tuple[int, list[str], list[str]]]:
     """CoNLL columns: token first, tag last; blank lines end sentences; ``-DOCSTART-`` skipped.
 
+    Any number of columns is read (``token tag``, CoNLL-2003's ``token POS chunk NER``, ...), but
+    every line of a file must have the same number: a line with more or fewer columns than the first
+    one (e.g. a token with a space in it, in a file separated by spaces) is an error that names both
+    lines, rather than a wrong token or tag taken silently.
+
     Only ASCII whitespace separates columns, so a token such as the ideographic space U+3000
     stays a token.
     """
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
+    first: tuple[int, int, str] | None = None  # (line number, columns, text) of the first data line
     for lineno, line in _iter_lines(path, opts.encoding, opts.errors):
         stripped = line.strip(" \t\r\n\f\v")
         if not stripped:
@@ -1033,12 +933,31 @@ def _iter_conll(path: Path, opts: _ReadOptions) -> Iterator[tuple[int, list[str]
                 "one column; each line needs a token and its tag separated by whitespace or a tab "
                 "(token first, tag last), with blank lines between sentences"
             )
+        if first is None:
+            first = (lineno, len(cols), stripped)
+        elif len(cols) != first[1]:
+            raise DataError(_conll_columns_error(path, lineno, stripped, len(cols), first))
         if not tokens:
             start = lineno
         tokens.append(cols[0])
         tags.append(cols[-1])
     if tokens:
         yield start, tokens, tags
+
+
+def _conll_columns_error(path: Path, lineno: int, text: str, n: int, first: tuple[int, int, str]) -> str:
+    first_line, expected, first_text = first
+    fix = (
+        "give it the same tab-separated columns as the others"
+        if "\t" in text
+        else "if its token holds a space, separate the columns with tabs (token<TAB>tag) or drop the "
+        "space; otherwise give it the same columns as the others"
+    )
+    return (
+        f"{path} line {lineno}: {n} columns ({text[:60]!r}), but line {first_line} has {expected} "
+        f"({first_text[:60]!r}); every line of a CoNLL file needs the same columns, the token first "
+        f"and its tag last. Fix line {lineno}: {fix}"
+    )
 
 
 def _seq_field(rec: dict, preferred: str, default: str, fallbacks: tuple[str, ...]) -> str | None:

@@ -34,6 +34,14 @@ def words(text: str, cjk: bool) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def quiet_gensim() -> None:
+    """gensim logs every vocabulary scan, epoch and file save at INFO, which buries lmvalue's own
+    lines: keep its logger to warnings, unless lmvalue runs verbose (``-v``: debug logging)."""
+    logging.getLogger("gensim").setLevel(
+        logging.NOTSET if log.isEnabledFor(logging.DEBUG) else logging.WARNING
+    )
+
+
 def _cjk(texts: list[str]) -> bool:
     from lmvalue.methods.tfidf import cjk_share
 
@@ -76,6 +84,7 @@ def train_vectors(texts, *, cjk: bool, dim: int, epochs: int, min_count: int, se
     vectors in every process), and every lmvalue run must be reproducible."""
     from gensim.models import Word2Vec
 
+    quiet_gensim()
     sentences = [words(t, cjk) for t in texts]
     sentences = [s for s in sentences if s]
     if not sentences:
@@ -99,6 +108,7 @@ def resolve_vectors(cfg, seed: int, cjk_hint: bool):
     (cached by the corpus's content and the settings). Returns (vectors, info)."""
     from gensim.models import KeyedVectors
 
+    quiet_gensim()
     ref = cfg.vectors
     if not ref:
         raise ConfigError(

@@ -85,6 +85,9 @@ def save(model, folder: Path) -> None:
 def load(base, folder: Path, cfg=None):
     from peft import PeftModel
 
+    from lmvalue.weights import check_safetensors
+
+    check_safetensors(Path(folder) / "adapter_model.safetensors")
     return PeftModel.from_pretrained(base, folder)
 
 

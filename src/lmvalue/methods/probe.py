@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lmvalue.errors import DataError
+from lmvalue.weights import from_pretrained
 
 log = logging.getLogger("lmvalue")
 ENCODER_DIR = "encoder"
@@ -56,7 +57,7 @@ class EncoderFeatures:
                 self._tokenizer = load_tokenizer(self.encoder)
                 if self._tokenizer.pad_token_id is None and self._tokenizer.eos_token is not None:
                     self._tokenizer.pad_token = self._tokenizer.eos_token
-            self._model = AutoModel.from_pretrained(self.encoder).eval()
+            self._model = from_pretrained(AutoModel, self.encoder).eval()
             limit = getattr(self._model.config, "max_position_embeddings", None)
             if limit:
                 self.max_length = min(self.max_length, limit)

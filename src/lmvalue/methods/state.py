@@ -25,12 +25,12 @@ def save_trainable(model: torch.nn.Module, folder: Path) -> None:
 
 def load_trainable(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
     """Load the saved trained weights into ``model`` (built the same way); every one must fit."""
-    from safetensors.torch import load_file
+    from lmvalue.weights import load_safetensors
 
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}: it is not a complete fine-tuned model folder")
-    state = load_file(str(path))
+    state = load_safetensors(path)
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

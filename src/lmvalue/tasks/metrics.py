@@ -72,38 +72,37 @@ def summary(scores: dict) -> dict:
 
 def confusion_png(truth: list[str], predicted: list[str], labels, path: Path, title: str = "") -> Path:
     """Draw the confusion matrix (rows: true label, columns: predicted; counts) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
+
+    from lmvalue.plotting import figure_fonts
 
     names = list(labels) + sorted(set(truth) - set(labels))
     cm = confusion_matrix(truth, predicted, labels=names)
     size = max(4.0, 0.35 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(np.log1p(cm), cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 6 else 0, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title or "confusion matrix")
-    if len(names) <= 12:
-        top = cm.max() or 1
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(
-                    j,
-                    i,
-                    str(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    color="white" if cm[i, j] > top / 2 else "black",
-                )
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log(1 + count)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure_fonts() as plt:
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        im = ax.imshow(np.log1p(cm), cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 6 else 0, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title or "confusion matrix")
+        if len(names) <= 12:
+            top = cm.max() or 1
+            for i in range(len(names)):
+                for j in range(len(names)):
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        color="white" if cm[i, j] > top / 2 else "black",
+                    )
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log(1 + count)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
     return Path(path)
 
 

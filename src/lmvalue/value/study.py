@@ -439,6 +439,9 @@ def _check_resume_settings(study_dir: Path, cfg: StudyConfig) -> None:
 
 
 def _prepare_folder(study_dir: Path, cfg: StudyConfig) -> None:
+    from lmvalue.files import prepare_output_dir
+
+    prepare_output_dir(study_dir, create=False)
     has_study = (study_dir / "results.sqlite").exists() or (study_dir / "study.json").exists()
     if has_study and not cfg.resume and not cfg.overwrite:
         raise LmvalueError(
