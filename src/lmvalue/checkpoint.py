@@ -87,9 +87,17 @@ class RunDir:
         exists = self.path.exists() and any(self.path.iterdir())
         if resume:
             if not self.path.is_dir():
-                raise CheckpointError(f"cannot resume: {self.path} does not exist")
+                raise CheckpointError(
+                    f"cannot resume: {self.path} does not exist; drop --resume to start a new run"
+                )
             ckpt = self.latest_checkpoint()
             if ckpt is None:
+                if self.status() in ("failed", "running", "interrupted"):
+                    raise CheckpointError(
+                        f"cannot resume: the run in {self.path} stopped before its first checkpoint, so there "
+                        "is nothing to resume; run the same command without --resume to start it again"
+                        + (" (with --overwrite)" if self.status() == "running" else "")
+                    )
                 raise CheckpointError(
                     f"cannot resume: {self.path} is not a checkpoint folder of an lmvalue run "
                     f"(no {self.checkpoints.name}/step-N/{STATE_FILE} in it); drop --resume to start a new run"
@@ -103,9 +111,23 @@ class RunDir:
             for tmp in self.checkpoints.glob(".tmp-*"):  # half-written by the killed run
                 shutil.rmtree(tmp, ignore_errors=True)
             return ckpt
+        if (
+            exists
+            and not overwrite
+            and self.status() in ("failed", "interrupted")
+            and self.latest_checkpoint() is None
+        ):
+            # it stopped before its first checkpoint: nothing in it is worth keeping, start again
+            overwrite = True
         if exists and not overwrite:
             what = "a finished run" if self.status() == "finished" else "files (an unfinished run?)"
-            hint = "" if self.status() == "finished" else " --resume to continue it, or"
+            if self.status() == "finished":
+                hint = ""
+            elif self.latest_checkpoint() is None:
+                what = "an unfinished run that never saved a checkpoint (killed early?)"
+                hint = ""
+            else:
+                hint = " --resume to continue it, or"
             raise CheckpointError(
                 f"output folder {self.path} already holds {what}; nothing was changed. "
                 f"Choose another train.output_dir (-o), or pass{hint} --overwrite to replace it"
@@ -175,6 +197,22 @@ def run_info(cfg, status: str, **extra) -> dict:
         "host": platform.node(),
         **extra,
     }
+
+
+def mark_failed(run: RunDir, err: BaseException) -> None:
+    """Record in ``run.json`` that the run stopped on ``err`` (interrupted by the user, or failed)."""
+    path = run.path / "run.json"
+    try:
+        info = read_json(path) if path.is_file() else {}
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        info.update(
+            status=status,
+            error=f"{type(err).__name__}: {err}"[:2000],
+            stopped=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        write_json_atomic(path, info)
+    except (OSError, ValueError):
+        pass  # the disk that failed the run may not take this either; the original error is what matters
 
 
 def finish_run(run: RunDir, metrics: dict, model_dirs=()) -> None:

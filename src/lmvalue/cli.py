@@ -200,7 +200,14 @@ def cmd_value(args):
         metric=args.metric,
         preset=args.preset,
         vocab_size=args.vocab_size,
-        pretrain_minutes=args.pretrain_minutes,
+        pretrain_minutes=(
+            args.pretrain_minutes
+            if args.pretrain_minutes is not None
+            else (None if args.pretrain_steps else 20.0)
+        ),
+        pretrain_steps=args.pretrain_steps,
+        encoding=args.encoding,
+        errors=args.errors,
         pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
         finetune_overrides={
             **({"method.prompt": args.prompt} if args.prompt else {}),
@@ -507,7 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab-size", type=int, default=8000, help="tokenizer trained on the corpus (default 8000)"
     )
     p.add_argument(
-        "--pretrain-minutes", type=float, default=20.0, help="pretraining budget per arm (default 20)"
+        "--pretrain-minutes",
+        type=float,
+        default=None,
+        help="pretraining budget per arm in minutes (default 20 unless --pretrain-steps is given)",
+    )
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="pretraining budget per arm in optimizer steps: the same on every machine, so a study run "
+        "twice gives the same models and scores (with --pretrain-minutes too, whichever comes first)",
     )
     p.add_argument(
         "--pretrain",
@@ -528,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    add_encoding_options(p)
     p.add_argument("--output", "-o", default="runs/study", help="study folder (default runs/study)")
     p.add_argument(
         "--resume", action="store_true", help="finish an interrupted study; finished cells are kept"

@@ -46,7 +46,9 @@ def prepare_output_dir(path: str | Path, *, flag: str = "-o", create: bool = Tru
         )
     anc = _existing_ancestor(path)
     if not anc.is_dir():
-        raise LmvalueError(f"output folder {path} cannot be created: {anc} is a file; choose another path ({flag})")
+        raise LmvalueError(
+            f"output folder {path} cannot be created: {anc} is a file; choose another path ({flag})"
+        )
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -68,13 +70,17 @@ def check_output_file(path: str | Path, *, flag: str = "-o") -> Path:
         )
     anc = _existing_ancestor(path.parent)
     if not anc.is_dir():
-        raise LmvalueError(f"output {path} cannot be written: {anc} is a file, not a folder; choose another path ({flag})")
+        raise LmvalueError(
+            f"output {path} cannot be written: {anc} is a file, not a folder; choose another path ({flag})"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LmvalueError(f"{os_error_text(e, path.parent)}; choose another path ({flag})") from None
     if path.exists() and not os.access(path, os.W_OK):
-        raise LmvalueError(f"output {path} is not writable: check its permissions or choose another path ({flag})")
+        raise LmvalueError(
+            f"output {path} is not writable: check its permissions or choose another path ({flag})"
+        )
     return path
 
 
@@ -93,7 +99,9 @@ def open_atomic(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise LmvalueError(f"{os_error_text(e, path)}; nothing was written. Free some space or choose another path") from None
+        raise LmvalueError(
+            f"{os_error_text(e, path)}; nothing was written. Free some space or choose another path"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

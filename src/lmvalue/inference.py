@@ -433,7 +433,9 @@ def read_inputs(
 
         text = "\n".join(read_lines(source, encoding=encoding, errors=errors))
         try:
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
+            rows = list(
+                csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+            )
         except csv.Error as e:
             raise DataError(f"{source}: not a valid {suffix[1:].upper()} file ({e})") from None
         if rows and text_column not in rows[0]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmvalue.checkpoint import RunDir, finish_run, read_json, run_info, write_json_atomic
+from lmvalue.checkpoint import RunDir, finish_run, mark_failed, read_json, run_info, write_json_atomic
 from lmvalue.config import PretrainConfig, save_yaml
 from lmvalue.data.annotate import TokenizedCorpus, join_words, tokenize_annotated
 from lmvalue.data.layout import layout_rows
@@ -290,6 +290,18 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
             ),
         )
 
+    try:
+        return _pretrain_run(cfg, run, resume_from, accelerator, replay, regularizer)
+    except BaseException as err:
+        if accelerator.is_main_process:
+            # A run that stops before its first checkpoint leaves a folder the same command can be
+            # rerun in (RunDir.prepare clears a failed run with nothing to resume); a later failure
+            # keeps its checkpoints for --resume.
+            mark_failed(run, err)
+        raise
+
+
+def _pretrain_run(cfg: PretrainConfig, run: RunDir, resume_from, accelerator, replay, regularizer) -> dict:
     tokenizer = get_tokenizer(cfg, run, resume_from, accelerator)
     data = prepare_data(cfg, tokenizer, objective_needs(cfg.objective.names))
     data_stats = data.stats

@@ -76,7 +76,9 @@ def check_weights_folder(folder: str | Path) -> None:
         return
     if (folder / _INDEX).is_file():
         try:
-            shards = sorted(set(json.loads((folder / _INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
+            shards = sorted(
+                set(json.loads((folder / _INDEX).read_text(encoding="utf-8"))["weight_map"].values())
+            )
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise CheckpointError(f"{folder / _INDEX} is not a valid weight index ({e}); {_HINT}") from None
         for shard in shards:
@@ -89,7 +91,9 @@ def check_weights_folder(folder: str | Path) -> None:
             "(they can run code). Convert it once where you trust the file, e.g. "
             "`AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`"
         )
-    raise CheckpointError(f"{folder} has no model weights (no model.safetensors): the model folder is incomplete; {_HINT}")
+    raise CheckpointError(
+        f"{folder} has no model weights (no model.safetensors): the model folder is incomplete; {_HINT}"
+    )
 
 
 def _is_local(ref: str | Path) -> bool:

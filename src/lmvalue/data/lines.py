@@ -107,7 +107,12 @@ def _suggest_encoding(path: Path, encoding: str) -> str:
 
 
 def _decode_error(
-    path: Path | str, encoding: str, offset: int, lineno: int, exc: UnicodeDecodeError, guess_from: Path | None
+    path: Path | str,
+    encoding: str,
+    offset: int,
+    lineno: int,
+    exc: UnicodeDecodeError,
+    guess_from: Path | None,
 ) -> DataError:
     bad = exc.object[exc.start : min(exc.end, exc.start + 4)]
     guess = _suggest_encoding(guess_from, encoding) if guess_from is not None else ""
@@ -162,5 +167,3 @@ def _iter_lines_wide(path: Path, encoding: str, errors: str, keepends: bool) -> 
             f"{with_option('data.encoding', 'ENCODING')}, or replace the bad bytes with U+FFFD"
             f"{with_option('data.errors', 'replace')}"
         ) from None
-
-

@@ -59,12 +59,24 @@ class Registry:
                     f"{self.path} is not an SQLite results registry (it starts with {head[:8]!r}); "
                     "it was left untouched. Point the study at another folder, or move the file away"
                 )
+        existed = self.path.exists() and self.path.stat().st_size > 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        self._check_version()
+        try:
+            if existed:  # a valid header does not make a valid file: check every page before use
+                problems = [row[0] for row in self.db.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError("; ".join(problems))
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise RegistryError(
+                f"{self.path} is damaged and cannot be read ({e}); it was left untouched. Start the study "
+                "again in a new folder (another -o, or --overwrite to replace this one); its cells are lost"
+            ) from None
 
     def _tx(self):
         return _Transaction(self.db)

@@ -174,6 +174,7 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
         comp = compute[arm]
         comp["pretrain_s"] = info["info"].get("pretrain_seconds")
         comp["pretrain_tokens"] = info["info"].get("pretrain_tokens")
+        comp["pretrain_steps"] = info["info"].get("pretrain_steps")
         if info["status"] != "done":
             failures.append({"what": f"{arm}: preparing the arm", "error": info["error"]})
     return {
@@ -403,17 +404,23 @@ def markdown_report(summary: dict, meta: dict, verdict_text: str) -> str:
         "",
         "## Compute",
         "",
-        "| arm | cells | fine-tuning wall s | CPU s | est. train FLOPs | trainable params | pretraining s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | cells | fine-tuning wall s | CPU s | est. train FLOPs | trainable params | pretraining s "
+        "| pretraining steps | pretraining tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, c in sorted(summary["compute"].items()):
         lines.append(
             f"| {arm} | {c['cells']} | {c['wall_s']:.0f} | {c['cpu_s']:.0f} | {c['train_flops']:.2e} | "
-            f"{c['trainable'] or '–'} | {c.get('pretrain_s') or '–'} |"
+            f"{c['trainable'] or '–'} | {c.get('pretrain_s') or '–'} | "
+            f"{_count(c.get('pretrain_steps'))} | {_count(c.get('pretrain_tokens'))} |"
         )
     if summary["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f['what']}: {f['error']}" for f in summary["failures"]]
     return "\n".join(lines) + "\n"
+
+
+def _count(n) -> str:
+    return f"{n:,}" if isinstance(n, int | float) else "–"
 
 
 def html_report(summary: dict, meta: dict, verdict_text: str) -> str:

@@ -203,8 +203,14 @@ class StudyConfig:
     # masked-LM pretraining at lr 1e-3, and a learning-rate search in every fine-tuning cell.
     preset: str = "tiny"
     vocab_size: int = 8000
-    pretrain_minutes: float = 20.0
-    pretrain_max_steps: int = 100_000
+    # Pretraining budget per arm: minutes (wall time; not reproducible across machines) and/or steps
+    # (reproducible: the same command reaches the same model anywhere). With pretrain_steps and no
+    # minutes, the steps alone decide.
+    pretrain_minutes: float | None = 20.0
+    pretrain_steps: int | None = None
+    pretrain_max_steps: int = 100_000  # the cap when only minutes are given
+    encoding: str = "utf-8"  # of --data, --test and --corpus files
+    errors: str = "strict"
     # dotted PretrainConfig overrides for every arm / FinetuneConfig overrides for every cell
     pretrain_overrides: dict = field(default_factory=dict)
     finetune_overrides: dict = field(default_factory=dict)
@@ -238,6 +244,19 @@ class StudyConfig:
                 "set with --vocab-size; to pretrain an arm with a tokenizer of its own, give the option to that "
                 f"arm, e.g. pretrained:mlm@{key}=VALUE"
             )
+        out += self._arm_problems()
+        if self.pretrain_minutes is not None and not self.pretrain_minutes > 0:
+            out.append(f"--pretrain-minutes must be > 0, got {self.pretrain_minutes:g}")
+        if self.pretrain_steps is not None and self.pretrain_steps < 1:
+            out.append(f"--pretrain-steps must be >= 1, got {self.pretrain_steps}")
+        if self.test_size is not None and self.test is None and self.test_size < 1:
+            out.append(f"--test-size must be >= 1, got {self.test_size}")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            out.append(f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, gb18030)")
         if self.seeds < 1:
             out.append("seeds must be >= 1")
         if self.budgets is not None and any(b < 2 for b in self.budgets):
@@ -245,6 +264,56 @@ class StudyConfig:
         if self.resume and self.overwrite:
             out.append("resume and overwrite exclude each other")
         return out
+
+    def _arm_problems(self) -> list[str]:
+        """What would make an arm fail later, found before anything runs: unknown objectives,
+        checkpoints that do not exist."""
+        from lmvalue.objectives import OBJECTIVES
+
+        out = []
+        for spec in self.arms:
+            try:
+                arm = parse_arm(spec)
+            except ConfigError:
+                continue  # reported by problems()
+            if arm.kind == "pretrained":
+                unknown = [o for o in arm.arg.split("+") if o not in OBJECTIVES]
+                if unknown:
+                    out.append(
+                        f"arm {spec!r}: unknown objective {unknown[0]!r}; objectives are "
+                        f"{', '.join(sorted(OBJECTIVES))} (joined with +, e.g. pretrained:mlm+sop)"
+                    )
+            elif arm.kind in ("checkpoint", "continued"):
+                problem = checkpoint_problem(arm.arg)
+                if problem:
+                    out.append(f"arm {spec!r}: {problem}")
+        return out
+
+
+def checkpoint_problem(ref: str) -> str | None:
+    """Why ``ref`` (a local folder or a hub name) cannot be loaded, or None when it can."""
+    path = Path(ref).expanduser()
+    looks_local = path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
+    if looks_local:
+        if not path.exists():
+            return f"checkpoint folder {ref} does not exist; check the path"
+        if not path.is_dir() or not (path / "config.json").is_file():
+            run_model = path / "model" / "config.json"
+            if run_model.is_file():
+                return None  # an lmvalue run folder: its model/ is used
+            return f"{ref} is not a model folder (no config.json); give a folder written by lmvalue or save_pretrained"
+        return None
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(ref)
+    except Exception as e:  # offline and not cached, a typo, a private repo...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return (
+            f"cannot resolve checkpoint {ref!r}: it is no local folder, and the Hugging Face Hub did not "
+            f"provide it ({first[:200]}). Check the name, go online (or unset HF_HUB_OFFLINE), or give a local folder"
+        )
+    return None
 
 
 def default_budgets(n_classes: int, pool: int) -> list[int]:
@@ -302,11 +371,25 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
         raise ConfigError("invalid study settings:\n" + "\n".join(f"  - {p}" for p in problems))
     arms = [parse_arm(a) for a in cfg.arms]
     study_dir = Path(cfg.output_dir)
+    new_folder = not study_dir.exists()
     _prepare_folder(study_dir, cfg)
-    _check_resume_settings(study_dir, cfg)
-    registry = Registry(study_dir / "results.sqlite")
+    fresh = not (study_dir / "results.sqlite").exists()  # a new study (not a resumed one)
     try:
-        data = _prepare_data(cfg, study_dir, registry)
+        _check_resume_settings(study_dir, cfg)
+        registry = Registry(study_dir / "results.sqlite")
+    except BaseException:
+        if fresh:
+            _clear_failed_start(study_dir, new_folder)
+        raise
+    try:
+        try:
+            data = _prepare_data(cfg, study_dir, registry)
+        except BaseException:
+            # bad data found before any cell ran: leave nothing behind that would block the retry
+            if fresh:
+                registry.close()
+                _clear_failed_start(study_dir, new_folder)
+            raise
         runner = cell_runner or run_cell
         budgets = data["budgets"]
         cells = [(a, b, s) for a in arms for b in budgets for s in range(cfg.seeds)]
@@ -362,6 +445,37 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
         registry.close()
 
 
+def _clear_failed_start(study_dir: Path, new_folder: bool) -> None:
+    """Remove what a study that failed before its first cell wrote, so the same command can run again."""
+    import shutil
+
+    if new_folder:
+        shutil.rmtree(study_dir, ignore_errors=True)
+        return
+    for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "study.json", "corpus.txt"):
+        (study_dir / name).unlink(missing_ok=True)
+    for name in ("tokenizer", "arms"):
+        shutil.rmtree(study_dir / name, ignore_errors=True)
+
+
+def read_study_json(study_dir: Path) -> dict:
+    path = Path(study_dir) / "study.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        return meta
+    except FileNotFoundError:
+        raise LmvalueError(
+            f"{study_dir} has no study.json: it is not a complete study folder; run `lmvalue value -o {study_dir}` "
+            "(with --overwrite to replace it)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LmvalueError(
+            f"{path} is damaged ({e}); restore it, or start the study again (another -o, or --overwrite)"
+        ) from None
+
+
 def write_study_report(study_dir: str | Path) -> dict:
     """(Re)write report.html / report.md from the registry; usable while a study runs."""
     study_dir = Path(study_dir)
@@ -371,7 +485,7 @@ def write_study_report(study_dir: str | Path) -> dict:
         )
     registry = Registry(study_dir / "results.sqlite")
     try:
-        meta = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
+        meta = read_study_json(study_dir)
         summary = summarize(registry.cells(), registry.arms(), metric=meta["config"]["metric"])
     finally:
         registry.close()
@@ -404,7 +518,10 @@ RESULT_SETTINGS = (
     "preset",
     "vocab_size",
     "pretrain_minutes",
+    "pretrain_steps",
     "pretrain_max_steps",
+    "encoding",
+    "errors",
     "pretrain_overrides",
     "finetune_overrides",
     "recipe",
@@ -419,7 +536,7 @@ def _check_resume_settings(study_dir: Path, cfg: StudyConfig) -> None:
     path = study_dir / "study.json"
     if not cfg.resume or not path.is_file():
         return
-    saved = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
+    saved = read_study_json(study_dir).get("config") or {}
     if "recipe" not in saved and cfg.recipe:
         log.info("resuming a study made before the default recipe existed: it goes on without it")
         cfg.recipe = False
@@ -465,9 +582,12 @@ def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict
     from lmvalue.data.budget import carve_test  # from the transfer module
     from lmvalue.data.sources import load_labeled, load_texts
 
-    pool = load_labeled(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column)
+    read = dict(
+        text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding, errors=cfg.errors
+    )
+    pool = load_labeled(cfg.data, **read)
     if cfg.test:
-        test = load_labeled(cfg.test, text_column=cfg.text_column, label_column=cfg.label_column)
+        test = load_labeled(cfg.test, **read)
         train = pool
     else:
         train, test = carve_test(pool, cfg.test_size, seed=0)
@@ -491,7 +611,9 @@ def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict
 
     corpus_path = study_dir / "corpus.txt"
     if cfg.corpus:
-        corpus = [t for t in load_texts(cfg.corpus) if t not in test_texts]
+        corpus = [
+            t for t in load_texts(cfg.corpus, encoding=cfg.encoding, errors=cfg.errors) if t not in test_texts
+        ]
         corpus_desc = f"{cfg.corpus}"
     else:
         corpus = [ex["text"] for ex in train]
@@ -499,9 +621,7 @@ def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict
     corpus = [" ".join(t.split()) for t in corpus if t.strip()]
     size_mb = sum(len(t.encode("utf-8")) + 1 for t in corpus) / 1e6
     corpus_desc += f" ({size_mb:.1f} MB)"
-    saved_meta = (
-        json.loads((study_dir / "study.json").read_text()) if (study_dir / "study.json").is_file() else None
-    )
+    saved_meta = read_study_json(study_dir) if (study_dir / "study.json").is_file() else None
     fingerprint = _fingerprint(corpus) + _fingerprint([e["text"] + "\t" + e["label"] for e in test])
     if saved_meta and saved_meta.get("data_fingerprint") != fingerprint:
         raise LmvalueError(
@@ -600,7 +720,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
         "data.source": str(data["corpus_path"]),
         "train.output_dir": str(run_dir),
         "train.max_minutes": cfg.pretrain_minutes,
-        "train.max_steps": cfg.pretrain_max_steps,
+        "train.max_steps": cfg.pretrain_steps or cfg.pretrain_max_steps,
         "train.seed": 0,
         # the recipe's rate suits a fresh small model, not a checkpoint (continued:) being adapted
         **(RECIPE_PRETRAIN if cfg.recipe and arm.kind == "pretrained" else {}),
@@ -625,15 +745,25 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     else:
         resume = run.latest_checkpoint() is not None
         overrides["train.resume" if resume else "train.overwrite"] = True
-        log.info("pretraining arm %s (%s minutes) ...", arm.name, cfg.pretrain_minutes)
+        log.info("pretraining arm %s (%s) ...", arm.name, _budget_text(cfg))
         metrics = pretrain(build_config(PretrainConfig, overrides=overrides))
     return {
         "model": str(run_dir / "model"),
         "from_scratch": False,
         "pretrain_seconds": metrics.get("train_seconds"),
         "pretrain_tokens": metrics.get("tokens"),
+        "pretrain_steps": metrics.get("steps"),
         "pretrain_final": metrics.get("final", {}),
     }
+
+
+def _budget_text(cfg: StudyConfig) -> str:
+    parts = []
+    if cfg.pretrain_steps:
+        parts.append(f"{cfg.pretrain_steps:,} steps")
+    if cfg.pretrain_minutes:
+        parts.append(f"{cfg.pretrain_minutes:g} minutes")
+    return " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
 
 
 # --- one cell ----------------------------------------------------------------------------------
