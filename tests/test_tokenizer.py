@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,12 @@ from transformers import AutoTokenizer, BertConfig  # noqa: E402
 
 from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError  # noqa: E402
 from lmvalue.tokenizer import (  # noqa: E402
+    _BERT_ROLES,
     TOKENIZER_KINDS,
+    _build_backend,
+    _canonicalize_unigram,
+    _count_words,
+    _wordpiece_vocab,
     check_vocab_matches,
     load_tokenizer,
     train_tokenizer,
@@ -340,3 +348,124 @@ def test_check_vocab_matches(trained):
     check_vocab_matches(tok, BertConfig(vocab_size=n + 8))  # padded embeddings are fine
     with pytest.raises(LmvalueError, match=rf"has {n} tokens but the model's embedding has {n - 1} rows"):
         check_vocab_matches(tok, BertConfig(vocab_size=n - 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Determinism: same texts + settings -> byte-identical tokenizer.json, in another process too
+# ---------------------------------------------------------------------------------------------------
+
+_TRAIN_SCRIPT = """
+import sys
+from lmvalue.data.sources import iter_texts
+from lmvalue.tokenizer import train_tokenizer
+kind, max_docs, vocab_size, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+train_tokenizer(iter_texts("demo:zh-reviews"), out, kind=kind, vocab_size=vocab_size, max_docs=max_docs)
+"""
+
+# (texts, vocab_size) per kind. The Rust WordPieceTrainer gave different vocabularies on every run of the
+# wordpiece setting; unigram is the Rust trainer, made canonical afterwards.
+_DETERMINISM = {"wordpiece": (3000, 3000), "bpe": (400, 800), "unigram": (300, 2500)}
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_training_is_deterministic_across_processes(kind, tmp_path):
+    pytest.importorskip("snownlp")
+    max_docs, vocab_size = _DETERMINISM[kind]
+    runs = []
+    for seed in ("1", "2"):  # Python's str hashes differ too; the Rust hash maps are seeded per process
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONHASHSEED=seed)
+        out = tmp_path / f"run{seed}"
+        args = [sys.executable, "-c", _TRAIN_SCRIPT, kind, str(max_docs), str(vocab_size), str(out)]
+        runs.append((out, subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)))
+    for _out, process in runs:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    first, second = ((out / "tokenizer.json").read_bytes() for out, _ in runs)
+    assert first == second
+    assert len(load_tokenizer(runs[0][0])) > 500
+
+
+SPECIALS = list(_BERT_ROLES.values())  # [PAD] [UNK] [CLS] [SEP] [MASK]
+
+
+def test_wordpiece_merges_follow_counts_then_the_canonical_tie_order():
+    # Pairs (counts): h ##u 15, ##u ##g 20, p ##u 17, ##u ##n 16, b ##u 4, ##g ##s 5.
+    words = Counter({"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5})
+    tokens = _wordpiece_vocab(
+        words, vocab_size=100, min_frequency=2, special_tokens=SPECIALS, limit_alphabet=100
+    )
+    assert tokens[:5] == SPECIALS
+    assert tokens[5:12] == ["b", "g", "h", "n", "p", "s", "u"]  # the alphabet, by codepoint
+    assert tokens[12:16] == ["##g", "##n", "##s", "##u"]  # then the continuations, sorted
+    # ##u ##g (20), then ##u ##n (16), then h ##ug (15), p ##un (12); then hug ##s and p ##ug tie at 5:
+    # the pair with the smaller strings ("hug" < "p") goes first; b ##un (4).
+    assert tokens[16:] == ["##ug", "##un", "hug", "pun", "hugs", "pug", "bun"]
+
+    # min_frequency stops the merges; vocab_size too (specials included).
+    assert _wordpiece_vocab(words, 100, 12, SPECIALS, 100)[16:] == ["##ug", "##un", "hug", "pun"]
+    assert _wordpiece_vocab(words, 100, 13, SPECIALS, 100)[16:] == ["##ug", "##un", "hug"]
+    assert _wordpiece_vocab(words, 18, 2, SPECIALS, 100)[16:] == ["##ug", "##un"]
+
+
+def test_wordpiece_merge_ties_and_repeated_symbols():
+    # a ##a ##a (x3) and x ##a ##b ##a ##b (x2): ##a ##b (4) first; then a ##a and ##a ##a tie at 3
+    # ("##a" < "a"), and "aaa" merges left to right; ##ab ##ab and x ##ab tie at 2 ("##ab" < "x").
+    words = Counter({"aaa": 3, "xabab": 2})
+    tokens = _wordpiece_vocab(words, 100, 0, SPECIALS, 100)
+    assert tokens[5:] == ["a", "b", "x", "##a", "##b", "##ab", "##aa", "aaa", "##abab", "xabab"]
+
+
+def test_wordpiece_alphabet_limit_breaks_count_ties_by_character():
+    # Every character is seen once: the two kept are "a" and "b"; "c", "d" are dropped from the words.
+    tokens = _wordpiece_vocab(Counter({"dcba": 1}), 100, 0, SPECIALS, limit_alphabet=2)
+    assert tokens[5:] == ["a", "b", "##a", "##b", "##ba"]
+
+
+def test_wordpiece_training_on_texts_gives_the_expected_merges(tmp_path):
+    texts = ["Hug pug pun", "hug hug, PUN!"] * 6  # lowercased words: hug 18, pun 12, pug 6, "," 6, "!" 6
+    tok = train_tokenizer(texts, tmp_path / "tok", vocab_size=30, min_frequency=2)
+    vocab = tok.get_vocab()
+    order = sorted(vocab, key=vocab.get)
+    assert order[:15] == SPECIALS + ["!", ",", "g", "h", "n", "p", "u", "##g", "##n", "##u"]
+    # ##u ##g (24); h ##ug (18); then p ##u and ##u ##n tie at 12: "##u" < "p"; p ##un (12); p ##ug (6).
+    assert order[15:] == ["##ug", "hug", "##un", "pun", "pug"]
+    assert tok.tokenize("Hug pug pun pung") == ["hug", "pug", "pun", "pun", "##g"]
+
+
+def test_count_words_fast_path_matches_the_generic_pre_tokenizer(corpus):
+    from tokenizers import pre_tokenizers
+
+    texts = corpus + [
+        "Ünïcödé  Café\u3000full-width　space, tab\there; 龘!",
+        "a\u00a0b\u2028c",
+        "Σίσυφος ΟΔΟΣ.",
+    ]
+    batches = [texts[i : i + 7] for i in range(0, len(texts), 7)]
+    for lowercase in (True, False):
+        fast = _build_backend("wordpiece", lowercase, SPECIALS)
+        generic = _build_backend("wordpiece", lowercase, SPECIALS)
+        generic.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.BertPreTokenizer()])
+        assert _count_words(fast, batches) == _count_words(generic, batches)
+
+
+def test_unigram_canonical_form():
+    from tokenizers import Tokenizer, models
+
+    # The Rust trainer gives characters that EM dropped the scores min + k * 1e-4, k in hash order.
+    low = -9.123456789
+    pieces = [(t, 0.0) for t in SPECIALS] + [
+        ("ab", -2.000000000001),
+        ("b", -3.0),
+        ("a", -3.0 + 1e-13),
+        ("y", low + 1e-4),
+        ("x", low + 2e-4),
+        ("w", low),
+        ("z", low),
+    ]
+    backend = Tokenizer(models.Unigram(pieces, 1, False))
+    _canonicalize_unigram(backend, len(SPECIALS))
+    vocab = backend.get_vocab(with_added_tokens=False)
+    assert sorted(vocab, key=vocab.get) == SPECIALS + ["ab", "a", "b", "w", "x", "y", "z"]
+    scores = dict(__import__("json").loads(backend.to_str())["model"]["vocab"])
+    assert scores["ab"] == -2.0 and scores["a"] == scores["b"] == -3.0
+    assert scores["w"] == scores["x"] == scores["y"] == scores["z"] == round(low, 5)

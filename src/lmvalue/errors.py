@@ -47,10 +47,11 @@ def option(dotted: str, value: str | None = None) -> str | None:
     """The running command's spelling of ``dotted`` (with ``value``), or None if it has no such flag.
 
     ``option("data.encoding", "gb18030")`` is ``--encoding gb18030`` in ``lmvalue predict``,
-    ``--data.encoding gb18030`` in ``lmvalue pretrain`` and ``data.encoding=gb18030`` from Python.
+    ``--data.encoding gb18030`` in ``lmvalue pretrain`` and ``encoding='gb18030'`` from Python.
     """
-    if _SPELLINGS is None:
-        return f"{dotted}={value}" if value is not None else dotted
+    if _SPELLINGS is None:  # Python callers: the keyword of the function or config field
+        name = dotted.rpartition(".")[2]
+        return f"{name}={value!r}" if value is not None else f"{name}="
     flag = _SPELLINGS.get(dotted)
     if flag is None:
         return None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmvalue.errors import CheckpointError, DataError
+from lmvalue.errors import CheckpointError, DataError, with_option
 from lmvalue.tasks import TASK_FILE, TaskSpec, _some, example_labels
 from lmvalue.tasks.encode import encode, predict_logits, word_predictions
 from lmvalue.tasks.metrics import confusion_png, spans, summary, task_scores
@@ -329,8 +329,8 @@ def check_labels(
     )
     if unknown == "error":
         raise DataError(
-            msg + ". Check the label column, train on data that has these labels, or pass "
-            "task.unknown_labels=keep to score them as errors"
+            msg + ". Check the label column, train on data that has these labels, or score them as "
+            "errors" + with_option("task.unknown_labels", "keep")
         )
     log.warning("%s; they are kept and scored as errors", msg)
     return total
@@ -506,6 +506,18 @@ def prediction_format(output: str | None) -> str:
     return PREDICTION_FORMATS[suffix]
 
 
+# Line separators that JSON allows raw inside strings but str.splitlines() (and some JSON Lines
+# readers) treat as line ends: written escaped, so one row is always one line for every reader.
+_LINE_SEPARATORS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(record: dict) -> str:
+    text = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _LINE_SEPARATORS.items():
+        text = text.replace(raw, escaped)
+    return text + "\n"
+
+
 def write_rows(rows: list[dict], spec: TaskSpec, output: str | None) -> None:
     """JSON Lines (stdout when ``output`` is None), CSV or TSV, by ``output``'s suffix (see
     :func:`prediction_format`)."""
@@ -536,7 +548,7 @@ def write_rows(rows: list[dict], spec: TaskSpec, output: str | None) -> None:
                         + [f"{probs[label]:.6f}" if label in probs else "" for label in spec.labels]
                     )
         return
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(json_line(r) for r in rows)
     if output:
         from lmvalue.files import write_text_atomic
 

@@ -17,6 +17,14 @@ Three kinds are supported:
 ``unigram``
     SentencePiece style Unigram with ``Metaspace`` and NFKC, and the same BERT-style special tokens
     and templates as ``wordpiece``. The vocabulary must hold every distinct character of the corpus.
+
+Determinism: the same texts and settings give a byte-identical ``tokenizer.json``, in any process.
+The Rust WordPieceTrainer does not (it iterates hash maps seeded per process), so ``wordpiece`` is
+trained here (:func:`_wordpiece_vocab`: the same algorithm, canonical tie orders; the texts are still
+normalized and pre-tokenized by the Rust pipeline). ``bpe`` uses the Rust BpeTrainer, which is
+deterministic (ties go to the lower token ids, all in a fixed order for byte-level BPE). ``unigram``
+uses the Rust UnigramTrainer, which is not deterministic; its output is put in a canonical form
+(:func:`_canonicalize_unigram`) that is identical across runs unless EM itself picks different pieces.
 """
 
 from __future__ import annotations
@@ -119,7 +127,7 @@ def train_tokenizer(
         max_docs: read at most this many texts from ``texts``.
         min_frequency: pairs seen fewer times are not merged (wordpiece, bpe).
         model_max_length: the longest input the model takes, stored in the tokenizer.
-        show_progress: show the trainer's progress bars.
+        show_progress: show the trainer's progress bars (wordpiece: two lines on stderr).
         overwrite: replace a tokenizer already in ``output_dir`` (refused otherwise).
 
     Raises:

@@ -447,7 +447,7 @@ def _column_error(
     lower = [c for c in available if str(c).lower() == column.lower()]
     guess = lower[0] if lower else (close[0] if close else None)
     hint = f"did you mean {guess!r}? " if guess is not None else ""
-    flag = with_option("data." + option, repr(guess) if guess is not None else "NAME")
+    flag = with_option("data." + option, str(guess) if guess is not None else "NAME")
     return DataError(
         f"{path}{where}: no {what} {column!r}; the file has {what}s {avail}. {hint}"
         f"Set {option}{flag} to the {what} that holds the data"
@@ -812,9 +812,7 @@ def _classification_of(item: _Item, opts: _ReadOptions) -> Iterator[dict]:
                 "classification"
             )
         if opts.text_pair_column:
-            raise DataError(
-                "demo:zh-reviews has no sentence pairs; unset text_pair_column"
-            )
+            raise DataError("demo:zh-reviews has no sentence pairs; unset text_pair_column")
         return _demo_reviews_labeled()
     if item.kind == "hf":
         return _hf_classification(item, opts)

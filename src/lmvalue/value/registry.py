@@ -74,8 +74,9 @@ class Registry:
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise RegistryError(
-                f"{self.path} is damaged and cannot be read ({e}); it was left untouched. Start the study "
-                "again in a new folder (another -o, or --overwrite to replace this one); its cells are lost"
+                f"{self.path} is damaged and cannot be read ({e}); it was left untouched. Its cells are "
+                f"lost: start the study again, in a new folder or over this one (`lmvalue value --overwrite -o "
+                f"{self.path.parent}` with the study's other options)"
             ) from None
 
     def _tx(self):

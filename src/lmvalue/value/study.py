@@ -467,12 +467,13 @@ def read_study_json(study_dir: Path) -> dict:
         return meta
     except FileNotFoundError:
         raise LmvalueError(
-            f"{study_dir} has no study.json: it is not a complete study folder; run `lmvalue value -o {study_dir}` "
-            "(with --overwrite to replace it)"
+            f"{study_dir} has no study.json: it is not a complete study folder; start the study again "
+            f"(`lmvalue value --overwrite -o {study_dir}` with the study's other options)"
         ) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise LmvalueError(
-            f"{path} is damaged ({e}); restore it, or start the study again (another -o, or --overwrite)"
+            f"{path} is damaged ({e}); restore it, or start the study again "
+            f"(`lmvalue value --overwrite -o {study_dir}` with the study's other options)"
         ) from None
 
 
