@@ -1,3 +1,3 @@
 """lmvalue: pretrain on your unlabeled text, transfer to your task, and measure what it was worth."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
