@@ -301,6 +301,8 @@ def cmd_evaluate(args):
         text_pair_column=args.text_pair_column,
         unknown_labels=args.unknown_labels,
         out_dir=args.output,
+        encoding=args.encoding,
+        errors=args.errors,
     )
     if result.get("report_text"):
         print(result["report_text"])
@@ -355,6 +357,10 @@ def cmd_continual(args):
     if args.overwrite:
         overrides["overwrite"] = True
     cfg = ContinualConfig.load(args.config, overrides)
+    # --encoding / --errors decode every stage's files (they win over pretrain.data.* of the YAML)
+    for key in ("encoding", "errors"):
+        if getattr(args, key) is not None:
+            cfg.pretrain = {**cfg.pretrain, f"data.{key}": getattr(args, key)}
     r = run_continual(cfg)
     width = max(len(c) for c in r["corpora"])
     print("held-out LM loss (lower is better):")
@@ -399,6 +405,8 @@ def cmd_prompt(args):
         max_length=args.max_length,
         out_dir=args.output,
         calibrate=not args.no_calibrate,
+        encoding=args.encoding,
+        errors=args.errors,
     )
     print(result["report_text"])
     print(
@@ -409,13 +417,14 @@ def cmd_prompt(args):
         print(f"metrics and predictions written to {args.output}")
 
 
-def add_encoding_options(p: argparse.ArgumentParser) -> None:
+def add_encoding_options(p: argparse.ArgumentParser, *, default: str | None = "utf-8") -> None:
+    """--encoding and --errors; ``default=None`` leaves both unset unless given (a YAML decides)."""
     p.add_argument(
-        "--encoding", default="utf-8", help="encoding of the input files, e.g. gb18030 (default utf-8)"
+        "--encoding", default=default, help="encoding of the input files, e.g. gb18030 (default utf-8)"
     )
     p.add_argument(
         "--errors",
-        default="strict",
+        default="strict" if default else None,
         choices=("strict", "replace", "ignore"),
         help="undecodable bytes: stop with an error (default), replace with U+FFFD, or drop them",
     )
@@ -607,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels the model does not know: stop (default) or score them as errors",
     )
     p.add_argument("--output", "-o", default=None, help="folder for metrics.json, report and confusion PNG")
+    add_encoding_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -652,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder (overrides output_dir)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sequence")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_encoding_options(p, default=None)
     p.set_defaults(func=cmd_continual)
 
     p = sub.add_parser(
@@ -682,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not subtract the label words' scores on an empty input (contextual calibration)",
     )
     p.add_argument("--output", "-o", default=None, help="folder for metrics.json and predictions.jsonl")
+    add_encoding_options(p)
     p.set_defaults(func=cmd_prompt)
     return parser
 
@@ -712,7 +724,7 @@ def option_spellings(parser: argparse.ArgumentParser) -> dict[str, str]:
         flag = f"--{action.dest}" if f"--{action.dest}" in longs else longs[0]
         out.setdefault(action.dest, flag)
         if "." not in action.dest:
-            for section in ("data", "task", "train", "method", "model", "budget"):
+            for section in ("data", "task", "train", "method", "model", "budget", "tokenizer"):
                 out.setdefault(f"{section}.{action.dest}", flag)
     return out
 

@@ -521,14 +521,40 @@ def _prepare_folder(out: Path, cfg: ContinualConfig) -> None:
     from lmvalue.files import prepare_output_dir
 
     prepare_output_dir(out, create=False)
+    if cfg.resume and not (out.exists() and any(out.iterdir())):
+        raise ConfigError(
+            f"cannot resume: {out} holds no run; nothing was changed. Drop --resume to start one"
+        )
     if out.exists() and any(out.iterdir()):
         if cfg.overwrite:
             shutil.rmtree(out)
+        elif not cfg.resume and _failed_start(out):
+            # a start that failed before any checkpoint (bad data, ...): the same command reruns here
+            for p in out.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         elif not cfg.resume:
             raise ConfigError(
                 f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
             )
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _failed_start(out: Path) -> bool:
+    """Whether ``out`` holds only what a run that failed before its first checkpoint writes:
+    continual.yaml and stage folders with no checkpoint and no model."""
+    for p in out.iterdir():
+        if p.name == "continual.yaml":
+            continue
+        ckpts = p / "checkpoints"
+        if (
+            p.is_dir()
+            and re.match(r"stage\d+-", p.name)
+            and not (p / "model").exists()
+            and not (ckpts.is_dir() and any(ckpts.iterdir()))
+        ):
+            continue
+        return False
+    return True
 
 
 def _plot(result: dict, path: Path) -> None:

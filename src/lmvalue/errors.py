@@ -62,3 +62,9 @@ def with_option(dotted: str, value: str | None = None, *, fallback: str = "") ->
     """`` (--flag value)`` for a message, or ``fallback`` when the command has no such flag."""
     spelled = option(dotted, value)
     return f" ({spelled})" if spelled else fallback
+
+
+def setting(dotted: str) -> str:
+    """How a message names a setting: the running command's flag (``--vocab-size``), else its dotted
+    name (``tokenizer.vocab_size``, a ``section.field=VALUE`` override or a YAML key)."""
+    return (_SPELLINGS or {}).get(dotted) or dotted

@@ -22,6 +22,23 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
+def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples) -> None:
+    """Every sampling setting that cannot work, in one ConfigError, before the model is loaded."""
+    problems = []
+    if max_new_tokens < 1:
+        problems.append(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not temperature >= 0:
+        problems.append(f"--temperature must be >= 0 (0: greedy), got {temperature:g}")
+    if top_k is not None and top_k < 1:
+        problems.append(f"--top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        problems.append(f"--top-p must be in (0, 1], got {top_p:g}")
+    if num_samples < 1:
+        problems.append(f"--num-samples must be >= 1, got {num_samples}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def generate(
     model: str | Path,
     prompt: str,
@@ -46,6 +63,8 @@ def generate(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from lmvalue.models import is_decoder
+
+    check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
 
     folder = resolve_model_dir(model)
     config = AutoConfig.from_pretrained(folder)

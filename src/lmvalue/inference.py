@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmvalue.errors import CheckpointError, DataError, with_option
+from lmvalue.errors import CheckpointError, ConfigError, DataError, with_option
 from lmvalue.tasks import TASK_FILE, TaskSpec, _some, example_labels
 from lmvalue.tasks.encode import encode, predict_logits, word_predictions
 from lmvalue.tasks.metrics import confusion_png, spans, summary, task_scores
@@ -204,6 +204,11 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     from lmvalue.checkpoint import read_json
     from lmvalue.tokenizer import load_tokenizer
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"batch size must be a positive number of inputs, got {batch_size!r}"
+            + with_option("train.batch_size", "64")
+        )
     torch.set_flush_denormal(True)  # see lmvalue.finetune.finetune: subnormals are ~100x slower on CPU
     folder = Path(path)
     if (
@@ -345,8 +350,12 @@ def evaluate_model(
     text_pair_column: str | None = None,
     unknown_labels: str = "error",
     out_dir: str | Path | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
 ) -> dict:
-    """Score a task model on a labeled file; with ``out_dir`` write metrics, report and confusion PNG."""
+    """Score a task model on a labeled file; with ``out_dir`` write metrics, report and confusion PNG.
+
+    ``encoding`` / ``errors``: how local files are decoded (e.g. ``gb18030``; ``replace``)."""
     from lmvalue.checkpoint import write_json_atomic
     from lmvalue.data.sources import load_labeled
     from lmvalue.files import prepare_output_dir
@@ -363,6 +372,8 @@ def evaluate_model(
         text_column=text_column,
         label_column=label_column,
         text_pair_column=text_pair_column if spec.kind == "pair" else None,
+        encoding=encoding,
+        errors=errors,
     )
     check_labels(spec, examples, where=str(source), unknown=unknown_labels)
     if out_dir is not None:

@@ -377,6 +377,8 @@ def evaluate_zero_shot(
     batch_size: int = 32,
     out_dir: str | Path | None = None,
     calibrate: bool = True,
+    encoding: str = "utf-8",
+    errors: str = "strict",
 ) -> dict:
     """Zero-shot cloze classification scored on the same test split `lmvalue finetune` carves
     (deduplicated pool, ``test_size`` examples, ``test_seed``), or on ``test`` when given.
@@ -394,7 +396,7 @@ def evaluate_zero_shot(
     if out_dir:
         prepare_output_dir(out_dir, create=False)
     t0 = time.perf_counter()
-    read = dict(text_column=text_column, label_column=label_column)
+    read = dict(text_column=text_column, label_column=label_column, encoding=encoding, errors=errors)
     if test:
         examples = load_labeled(test, **read)
     else:

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
+from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError, setting
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -196,7 +196,9 @@ def _check_args(
         problems.append(f"texts must be an iterable of strings, got {type(texts).__name__}")
 
     if kind not in TOKENIZER_KINDS:
-        problems.append(f"unknown tokenizer kind {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+        problems.append(
+            f"unknown tokenizer kind {kind!r} ({setting('tokenizer.kind')}): use one of {', '.join(TOKENIZER_KINDS)}"
+        )
         kind = "wordpiece"  # so the remaining checks can still run
 
     if special_tokens is None:
@@ -221,11 +223,17 @@ def _check_args(
         why = (
             " (256 byte tokens + the special tokens)" if kind == "bpe" else " (more than the special tokens)"
         )
-        problems.append(f"vocab_size must be an integer >= {minimum}{why}, got {vocab_size!r}")
+        problems.append(
+            f"{setting('tokenizer.vocab_size')} must be an integer >= {minimum}{why}, got {vocab_size!r}"
+        )
     if max_docs is not None and (not _is_int(max_docs) or max_docs < 1):
-        problems.append(f"max_docs must be a positive integer or None, got {max_docs!r}")
+        problems.append(
+            f"{setting('tokenizer.max_docs')} must be a positive integer (or left out: all), got {max_docs!r}"
+        )
     if not _is_int(min_frequency) or min_frequency < 0:
-        problems.append(f"min_frequency must be an integer >= 0, got {min_frequency!r}")
+        problems.append(
+            f"{setting('tokenizer.min_frequency')} must be an integer >= 0, got {min_frequency!r}"
+        )
     if not _is_int(model_max_length) or model_max_length < 1:
         problems.append(f"model_max_length must be a positive integer, got {model_max_length!r}")
 

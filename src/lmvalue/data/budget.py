@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lmvalue.errors import DataError
+from lmvalue.errors import DataError, setting
 
 # Separate streams of randomness for the separate draws (numpy SeedSequence keys).
 _TEST, _BUDGET, _DEV = 11, 22, 33
@@ -124,7 +124,7 @@ def carve_test(examples: list[dict], size: float, seed: int) -> tuple[list[dict]
     if k < 1 or k > n - 2:
         raise DataError(
             f"cannot carve a test split of {k} examples out of {n}: leave at least 2 for training. "
-            "Lower data.test_size or give a separate test file (data.test)"
+            f"Lower {setting('data.test_size')} or give a separate test file ({setting('data.test')})"
         )
     groups = _by_stratum(examples, stratum)
     counts = _allocate(k, {s: len(v) for s, v in groups.items()}, at_least_one=False)

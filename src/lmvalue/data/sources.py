@@ -92,7 +92,27 @@ def iter_texts(
     _check_options(encoding, errors, max_docs)
     items = _resolve_all(source, mode="texts")
     opts = _ReadOptions(text_column=text_column, encoding=encoding, errors=errors, paragraphs=paragraphs)
-    return _capped(_chain(_texts_of(item, opts) for item in items), max_docs)
+    texts = _capped(_chain(_texts_of(item, opts) for item in items), max_docs)
+    return texts if max_docs == 0 else _not_empty(texts, source, text_column)
+
+
+def _no_text(source, text_column: str) -> DataError:
+    return DataError(
+        f"no text found in {_describe(source)}: it is empty or every document is whitespace-only. "
+        f"For tables the text is read from the column {text_column!r}"
+        + with_option("data.text_column", "COLUMN")
+        + "; check the path and that the file(s) have content."
+    )
+
+
+def _not_empty(texts: Iterator[str], source, text_column: str) -> Iterator[str]:
+    """``texts``, and a :class:`DataError` naming ``source`` if it turns out to hold none."""
+    any_text = False
+    for text in texts:
+        any_text = True
+        yield text
+    if not any_text:
+        raise _no_text(source, text_column)
 
 
 def load_texts(
@@ -116,12 +136,10 @@ def load_texts(
         )
     )
     if not texts:
-        raise DataError(
-            f"no text found in {_describe(source)}: every document is empty or whitespace-only"
-            + (" (max_docs=0)" if max_docs == 0 else "")
-            + f". For tables the text is read from the column {text_column!r}"
-            + with_option("data.text_column", "COLUMN")
-            + "; check that the file(s) have content."
+        raise (
+            _no_text(source, text_column)
+            if max_docs != 0
+            else DataError(f"no text read from {_describe(source)}: max_docs=0 reads nothing; raise max_docs")
         )
     return texts
 

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lmvalue.errors import DataError
+from lmvalue.errors import DataError, setting
 
 TASK_FILE = "lmvalue_task.json"
 
@@ -107,6 +107,16 @@ def example_labels(example: dict) -> list[str]:
     return list(example["tags"]) if "tags" in example else [example["label"]]
 
 
+def check_classes(counts: Counter, where: str = "the training data") -> None:
+    """A classifier needs two labels at least: one is a data error, named before anything trains."""
+    if len(counts) == 1:
+        (label, n), *_ = counts.items()
+        raise DataError(
+            f"{where} has one label only ({label!r}, {n} examples): a classifier needs at least two. "
+            f"Check the label column ({setting('data.label_column')}) or add examples of the other classes"
+        )
+
+
 def build_spec(kind: str, examples: list[dict], *, labels=None, metric: str = "auto") -> TaskSpec:
     """The spec of a task from its training pool.
 
@@ -132,6 +142,8 @@ def build_spec(kind: str, examples: list[dict], *, labels=None, metric: str = "a
         labels = tuple(labels)
     else:
         labels = tuple(sorted(seen))
+        if kind != "tagging":
+            check_classes(seen)
     if metric == "auto":
         metric = KINDS[kind]["metric"] or ("entity_f1" if is_entity_scheme(labels) else "token_accuracy")
     if metric not in KINDS[kind]["metrics"]:

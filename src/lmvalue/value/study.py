@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import lmvalue
-from lmvalue.config import HEADLESS_METHODS
+from lmvalue.config import HEADLESS_METHODS, MODEL_PRESETS
 from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.value.overlap import describe_overlap, text_overlap
 from lmvalue.value.registry import Registry
@@ -258,9 +258,14 @@ class StudyConfig:
         except LookupError:
             out.append(f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, gb18030)")
         if self.seeds < 1:
-            out.append("seeds must be >= 1")
+            out.append(f"--seeds must be >= 1, got {self.seeds}")
         if self.budgets is not None and any(b < 2 for b in self.budgets):
-            out.append("every budget must be >= 2 labeled examples")
+            small = ", ".join(str(b) for b in self.budgets if b < 2)
+            out.append(f"--budgets: every budget must be >= 2 labeled examples, got {small}")
+        if self.preset not in MODEL_PRESETS and any(
+            a.split(":")[0].split("/")[0].split("@")[0] in ("scratch", "pretrained") for a in self.arms
+        ):
+            out.append(f"--preset {self.preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
         if self.resume and self.overwrite:
             out.append("resume and overwrite exclude each other")
         return out
@@ -561,6 +566,11 @@ def _prepare_folder(study_dir: Path, cfg: StudyConfig) -> None:
 
     prepare_output_dir(study_dir, create=False)
     has_study = (study_dir / "results.sqlite").exists() or (study_dir / "study.json").exists()
+    if cfg.resume and not has_study:
+        raise LmvalueError(
+            f"cannot resume: {study_dir} holds no study (no results.sqlite); nothing was changed. "
+            "Drop --resume to start one"
+        )
     if has_study and not cfg.resume and not cfg.overwrite:
         raise LmvalueError(
             f"{study_dir} already holds a study; nothing was changed. Pass --resume to finish it "
@@ -595,6 +605,9 @@ def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict
     test_texts = {ex["text"] for ex in test}
     train = [ex for ex in train if ex["text"] not in test_texts]
     labels = sorted({ex["label"] for ex in train})
+    from lmvalue.tasks import check_classes
+
+    check_classes(Counter(ex["label"] for ex in train), where=f"the labeled data {cfg.data}")
     if cfg.budgets:
         budgets = sorted({min(b, len(train)) for b in cfg.budgets})
         capped = [b for b in cfg.budgets if b > len(train)]
