@@ -723,6 +723,8 @@ def option_spellings(parser: argparse.ArgumentParser) -> dict[str, str]:
             continue
         flag = f"--{action.dest}" if f"--{action.dest}" in longs else longs[0]
         out.setdefault(action.dest, flag)
+        if action.dest == "model":  # --model is the checkpoint a config command takes with --init-from
+            out.setdefault("model.init_from", flag)
         if "." not in action.dest:
             for section in ("data", "task", "train", "method", "model", "budget", "tokenizer"):
                 out.setdefault(f"{section}.{action.dest}", flag)

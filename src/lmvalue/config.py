@@ -691,16 +691,25 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, *, what: str = "config file") -> dict:
+    """A YAML mapping from ``path``; a missing, unreadable, non-UTF-8 or malformed file is a ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file: give the path of a .yaml file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}; check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}; check its permissions") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
 
 

@@ -36,7 +36,7 @@ from lmvalue.checkpoint import RunDir, finish_run, read_json, run_info, write_js
 from lmvalue.config import FinetuneConfig, FinetuneModelConfig, save_yaml
 from lmvalue.data.budget import carve_test, dedupe, draw_budget, input_key, label_counts, split_dev
 from lmvalue.data.sources import load_labeled
-from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
+from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError, setting
 from lmvalue.inference import METHOD_FILE, TaskModel, check_labels, head_labels, score
 from lmvalue.loop import make_accelerator, resolve_precision, train_loop
 from lmvalue.methods import Method, MethodContext, get_method
@@ -188,7 +188,9 @@ def resolve_checkpoint(ref: str) -> str:
     path = Path(ref).expanduser()
     if not path.exists():
         if ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:
-            raise CheckpointError(f"checkpoint folder {ref} does not exist")
+            raise CheckpointError(
+                f"checkpoint folder {ref} does not exist: check the path ({setting('model.init_from')})"
+            )
         return ref  # a hub name
     if (path / "config.json").is_file():
         return str(path)
@@ -200,7 +202,8 @@ def resolve_checkpoint(ref: str) -> str:
             "folder (written with --merge) or from its base/"
         )
     raise CheckpointError(
-        f"{ref} is not a checkpoint folder (no config.json, and no model/config.json of an lmvalue run)"
+        f"{ref} is not a checkpoint folder (no config.json, and no model/config.json of an lmvalue run); "
+        f"give a model folder, a run folder or a hub name ({setting('model.init_from')})"
     )
 
 

@@ -263,6 +263,10 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
     """
     # Unknown or incompatible objectives fail here, before a tokenizer is trained.
     check_objectives(cfg.objective.names, None if cfg.model.init_from else cfg.model.arch)
+    if cfg.model.init_from:  # a missing or wrong folder is named as the checkpoint it should be
+        from lmvalue.finetune import resolve_checkpoint
+
+        resolve_checkpoint(cfg.model.init_from)
     accelerator = make_accelerator(cfg.train)
     if not accelerator.is_main_process:  # one process speaks
         log.setLevel(logging.WARNING)

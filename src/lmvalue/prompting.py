@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmvalue.errors import ConfigError
+from lmvalue.errors import ConfigError, setting
 
 log = logging.getLogger("lmvalue")
 
@@ -53,9 +53,9 @@ class PromptSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> PromptSpec:
-        import yaml
+        from lmvalue.config import load_yaml
 
-        return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        return cls.from_dict(load_yaml(path, what="prompt file"))
 
     def check(self, mask_token: str | None = None) -> None:
         problems = []
@@ -82,7 +82,10 @@ def parse_verbalizer(text: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
-            raise ConfigError(f"verbalizer entry {part!r} is not LABEL=WORD[|WORD...]")
+            raise ConfigError(
+                f"verbalizer entry {part!r} is not LABEL=WORD[|WORD...]: write it as --verbalizer "
+                "'pos=好|棒,neg=差' (labels separated by commas, several words by |)"
+            )
         label, words = part.split("=", 1)
         out[label.strip()] = [w.strip() for w in words.split("|") if w.strip()]
     return out
@@ -155,7 +158,10 @@ class ClozeScorer:
         specials = len(self.prefix) + len(self.suffix)
         budget = self.max_length - specials - sum(len(ids) for kind, ids in parts if kind != "input")
         if budget < 0:
-            raise ConfigError(f"the template alone is longer than max_length={self.max_length} tokens")
+            raise ConfigError(
+                f"the template alone is longer than {setting('data.max_length')} {self.max_length} tokens; "
+                "raise it or shorten the template"
+            )
         inputs = [i for i, (kind, _) in enumerate(parts) if kind == "input"]
         total = sum(len(parts[i][1]) for i in inputs)
         while total > budget:  # cut the longest input first
@@ -393,6 +399,10 @@ def evaluate_zero_shot(
     from lmvalue.files import prepare_output_dir
     from lmvalue.tasks.metrics import classification_scores, summary
 
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ConfigError(
+            f"{setting('data.max_length')} must be a positive number of tokens (e.g. 256), got {max_length!r}"
+        )
     if out_dir:
         prepare_output_dir(out_dir, create=False)
     t0 = time.perf_counter()

@@ -167,14 +167,18 @@ def draw_budget(
                 f"{s!r} ({n})" for s, n in sorted(short.items())
             )
             if strict:
-                raise DataError(msg + "; lower budget.per_class, or drop --strict to use all of them")
+                raise DataError(
+                    msg + f"; lower {setting('budget.per_class')}, or drop --strict to use all of them"
+                )
             info["shortfall"] = msg  # the caller says it, once (lmvalue.finetune.load_task_data)
         counts = {s: min(n, per_class) for s, n in sizes.items()}
     elif train_size is not None:
         if train_size > len(pool):
             msg = f"budget.train_size={train_size} is more than the {len(pool)} labeled examples available"
             if strict:
-                raise DataError(msg + "; lower budget.train_size, or drop --strict to use all of them")
+                raise DataError(
+                    msg + f"; lower {setting('budget.train_size')}, or drop --strict to use all of them"
+                )
             info["shortfall"] = msg
         counts = _allocate(min(train_size, len(pool)), sizes, at_least_one=None not in groups)
     else:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lmvalue.data.lines import iter_lines as _iter_lines
-from lmvalue.errors import DataError, with_option
+from lmvalue.errors import DataError, setting, with_option
 
 __all__ = [
     "DEMO_SOURCES",
@@ -188,7 +188,8 @@ def load_labeled(
         raise DataError(
             f"no labeled examples found in {_describe(source)} for task={task!r}: found no {what}"
             + (" (max_docs=0)" if max_docs == 0 else "")
-            + "; check the file(s) and the column options (text_column= / label_column=)."
+            + f"; check the file(s) and the column options ({setting('data.text_column')} / "
+            + f"{setting('data.label_column')})."
         )
     return examples
 
