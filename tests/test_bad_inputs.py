@@ -1475,6 +1475,19 @@ def _message(err: str, command: str) -> str:
     return next(line for line in err.splitlines() if line.startswith(f"lmvalue {command}: error:"))
 
 
+def test_the_encoding_flags_the_messages_name_work(paths):
+    """evaluate and prompt gained --encoding: the fix their non-UTF-8 message names runs."""
+    d = paths["d"]
+    words = "pos=的,neg=了"  # words the tiny tokenizer knows
+    for argv in (
+        ["evaluate", "-m", paths["clf"], "--data", f"{d}/gb.csv", "--encoding", "gb18030"],
+        ["prompt", "-m", paths["pt"], "--data", f"{d}/gb.csv", "--encoding", "gb18030", "--test-size", "40"]
+        + ["--template", "{text}总之很{mask}。", "--verbalizer", words],
+    ):
+        code, err = run(Case(argv[0], "works", tuple(argv)), {})
+        assert code == 0, err
+
+
 # --- docs/errors.md -------------------------------------------------------------------------------
 
 

@@ -108,6 +108,10 @@ class ClozeScorer:
             raise ConfigError("cloze prompting needs a masked-LM tokenizer with a mask token")
         spec.check(tokenizer.mask_token)
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        # never longer than the model's position embeddings (a 128-position model under the default 256)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            max_length = min(max_length, positions)
         self.max_length, self.batch_size = max_length, batch_size
         self.calibrate = calibrate
         self._bias: dict[int, torch.Tensor] = {}  # id(model) -> (templates, L) content-free scores
@@ -790,6 +794,10 @@ class InContextScorer:
         spec.check()
         self.calibrate = calibrate
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        # never longer than the model's position embeddings (a 128-position model under the default 256)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            max_length = min(max_length, positions)
         self.max_length, self.batch_size = max_length, batch_size
         order = np.random.default_rng(seed).permutation(len(demos))
         self.demos = [demos[i] for i in order]
