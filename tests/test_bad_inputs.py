@@ -1510,17 +1510,23 @@ def write_table(out: Path) -> int:
         for case in CASES:
             code, err = run(case, paths)
             bad += code != 2
-            try:
-                message = _message(err, case.command).split(": error: ", 1)[1]
-            except StopIteration:
-                message = err.strip().splitlines()[-1] if err.strip() else "(no message)"
+            lines = err.splitlines()
+            first = [i for i, line in enumerate(lines) if line.startswith(f"lmvalue {case.command}: error:")]
+            if first:  # the message line and the list items of a multi-line message
+                i = first[0]
+                items = [line.strip() for line in lines[i + 1 :] if line.startswith("  - ")]
+                message = " ".join([lines[i].split(": error: ", 1)[1], *items])
+            else:
+                message = lines[-1] if lines else "(no message)"
             message = message.replace(tmp, "…")
             args = " ".join(
                 a.replace("{d}/", "").replace("{pt}", "PRETRAINED").replace("{clf}", "CLASSIFIER")
                 for a in case.argv[1:]
             )
+            for common in (PT, PT[:-4], FT, VAL):  # the tiny-model settings every case shares
+                args = args.replace(" ".join(common), "…")
             rows.append(
-                f"| `{case.command}` | {_cell(case.input, 60)} (`{_cell(args, 90)}`) | {_cell(message)} | {code} |"
+                f"| `{case.command}` | {_cell(case.input, 60)} (`{_cell(args, 120)}`) | {_cell(message)} | {code} |"
             )
     text = out.read_text(encoding="utf-8")
     start, end = "<!-- cases: start -->", "<!-- cases: end -->"
