@@ -323,7 +323,7 @@ def test_unknown_test_labels_are_named_and_counted(tmp_path):
 
 
 def test_single_class_training_set_is_refused(tmp_path):
-    with pytest.raises(DataError, match="single class \\('pos'"):
+    with pytest.raises(DataError, match="one label only \\('pos'"):
         load_task_data(small_cfg(tmp_path), train_examples=labeled(50), test_examples=labeled(5, "pos", 100))
 
 
