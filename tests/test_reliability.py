@@ -12,18 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import TINY_MODEL as TINY
 
 from lmvalue.cli import _subparser, build_parser, main
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.finetune import finetune
 
-TINY = {
-    "model.preset": "tiny",
-    "model.hidden": 64,
-    "model.heads": 2,
-    "model.ffn": 128,
-    "model.max_position_embeddings": 128,
-}
 TINY_ARGS = [f"{k}={v}" for k, v in TINY.items()]
 
 

@@ -26,17 +26,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lmvalue.errors import CheckpointError
+from lmvalue.errors import CheckpointError, LmvalueError
 
 STATE_FILE = "training_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from lmvalue.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def read_json(path: Path) -> dict:
@@ -85,24 +84,24 @@ class RunDir:
 
         prepare_output_dir(self.path, create=False)  # a file, or under a file: one clear message
         exists = self.path.exists() and any(self.path.iterdir())
+        status, ckpt = self.status(), self.latest_checkpoint()
         if resume:
             if not self.path.is_dir():
                 raise CheckpointError(
                     f"cannot resume: {self.path} does not exist; drop --resume to start a new run"
                 )
-            ckpt = self.latest_checkpoint()
             if ckpt is None:
-                if self.status() in ("failed", "running", "interrupted"):
+                if status in ("failed", "running", "interrupted"):
                     raise CheckpointError(
                         f"cannot resume: the run in {self.path} stopped before its first checkpoint, so there "
                         "is nothing to resume; run the same command without --resume to start it again"
-                        + (" (with --overwrite)" if self.status() == "running" else "")
+                        + (" (with --overwrite)" if status == "running" else "")
                     )
                 raise CheckpointError(
                     f"cannot resume: {self.path} is not a checkpoint folder of an lmvalue run "
                     f"(no {self.checkpoints.name}/step-N/{STATE_FILE} in it); drop --resume to start a new run"
                 )
-            if self.status() == "finished":
+            if status == "finished":
                 raise CheckpointError(
                     f"cannot resume: the run in {self.path} already finished (see {self.path / 'metrics.json'}); "
                     "raise train.max_steps and use --overwrite to train again from scratch, or start a new "
@@ -111,28 +110,20 @@ class RunDir:
             for tmp in self.checkpoints.glob(".tmp-*"):  # half-written by the killed run
                 shutil.rmtree(tmp, ignore_errors=True)
             return ckpt
-        if (
-            exists
-            and not overwrite
-            and self.status() in ("failed", "interrupted")
-            and self.latest_checkpoint() is None
-        ):
-            # it stopped before its first checkpoint: nothing in it is worth keeping, start again
-            overwrite = True
-        if exists and not overwrite:
-            what = "a finished run" if self.status() == "finished" else "files (an unfinished run?)"
-            if self.status() == "finished":
-                hint = ""
-            elif self.latest_checkpoint() is None:
-                what = "an unfinished run that never saved a checkpoint (killed early?)"
-                hint = ""
+        # a run that stopped before its first checkpoint holds nothing worth keeping: start again
+        failed_start = status in ("failed", "interrupted") and ckpt is None
+        if exists and not overwrite and not failed_start:
+            if status == "finished":
+                what, hint = "a finished run", ""
+            elif ckpt is None:
+                what, hint = "an unfinished run that never saved a checkpoint (killed early?)", ""
             else:
-                hint = " --resume to continue it, or"
+                what, hint = "files (an unfinished run?)", " --resume to continue it, or"
             raise CheckpointError(
                 f"output folder {self.path} already holds {what}; nothing was changed. "
                 f"Choose another train.output_dir (-o), or pass{hint} --overwrite to replace it"
             )
-        if exists and overwrite:
+        if exists and (overwrite or failed_start):
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         return None
@@ -211,7 +202,7 @@ def mark_failed(run: RunDir, err: BaseException) -> None:
             stopped=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         write_json_atomic(path, info)
-    except (OSError, ValueError):
+    except (OSError, ValueError, LmvalueError):
         pass  # the disk that failed the run may not take this either; the original error is what matters
 
 

@@ -84,6 +84,12 @@ def check_output_file(path: str | Path, *, flag: str = "-o") -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def open_atomic(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success it replaces ``path``, on failure it is removed.
@@ -93,6 +99,7 @@ def open_atomic(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open would have followed the umask
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     BertConfig,
@@ -28,7 +27,7 @@ from transformers import (
 
 from lmvalue.config import ModelConfig
 from lmvalue.errors import CheckpointError, LmvalueError
-from lmvalue.weights import from_pretrained
+from lmvalue.weights import from_pretrained, load_config
 
 DECODER_ARCHS = ("gpt2", "llama")
 
@@ -94,10 +93,7 @@ def _checkpoint_config(path: str) -> PretrainedConfig:
             f"{path} is not a Hugging Face checkpoint folder (no config.json); "
             "pass a folder written by save_pretrained / lmvalue, or a hub name"
         )
-    try:
-        return AutoConfig.from_pretrained(path)
-    except OSError as e:
-        raise CheckpointError(f"cannot load a model config from {path!r}: {e}") from None
+    return load_config(path)
 
 
 def build_lm(cfg: ModelConfig, tokenizer, *, seed: int = 0) -> PreTrainedModel:

@@ -91,6 +91,12 @@ def parse_verbalizer(text: str) -> dict[str, list[str]]:
     return out
 
 
+def fit_positions(model, max_length: int) -> int:
+    """``max_length`` cut to the model's position embeddings (a 128-position model under the default 256)."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(max_length, positions) if isinstance(positions, int) and positions > 0 else max_length
+
+
 class ClozeScorer:
     """Label scores of examples under a :class:`PromptSpec` with a masked LM."""
 
@@ -108,11 +114,7 @@ class ClozeScorer:
             raise ConfigError("cloze prompting needs a masked-LM tokenizer with a mask token")
         spec.check(tokenizer.mask_token)
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
-        # never longer than the model's position embeddings (a 128-position model under the default 256)
-        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if isinstance(positions, int) and positions > 0:
-            max_length = min(max_length, positions)
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size = fit_positions(model, max_length), batch_size
         self.calibrate = calibrate
         self._bias: dict[int, torch.Tensor] = {}  # id(model) -> (templates, L) content-free scores
         # label -> [token ids of each verbalizer word]
@@ -333,13 +335,17 @@ def masked_lm_weights(path: str, *, ref: str | None = None):
     from lmvalue.errors import CheckpointError
 
     where = ref or path
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
-    except ValueError as e:  # a config type with no masked-LM class (a causal LM, ...)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+    from lmvalue.weights import from_pretrained, load_config
+
+    config = load_config(path)
+    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:  # a causal LM, ...
         raise CheckpointError(
-            f"{where} is not a masked LM, which cloze prompting needs ({e}); use a masked-LM "
+            f"{where} is not a masked LM ({config.model_type}), which cloze prompting needs; use a masked-LM "
             "pretraining run (objective mlm) or a *ForMaskedLM checkpoint"
-        ) from None
+        )
+    model, info = from_pretrained(AutoModelForMaskedLM, path, output_loading_info=True)
     prefix = f"{model.base_model_prefix}."
     head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
     if head:
@@ -559,20 +565,22 @@ def check_masked_lm_start(method: str, mcfg) -> None:
 
 def _start_causal_lm(mcfg):
     from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from lmvalue.finetune import resolve_checkpoint
     from lmvalue.tokenizer import load_tokenizer
+    from lmvalue.weights import from_pretrained, load_config
 
     if not mcfg.init_from:
         raise ConfigError("in-context prompting needs a causal-LM checkpoint: set model.init_from")
     path = resolve_checkpoint(mcfg.init_from)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path)
-    except ValueError as e:
+    config = load_config(path)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ConfigError(
-            f"method in-context needs a causal LM (e.g. --model.arch gpt2 pretraining); {path}: {e}"
-        ) from None
-    return model.eval(), load_tokenizer(path)
+            f"method in-context needs a causal LM (e.g. --model.arch gpt2 pretraining); {path} is a "
+            f"{config.model_type} model without one"
+        )
+    return from_pretrained(AutoModelForCausalLM, path).eval(), load_tokenizer(path)
 
 
 def fit_prompt(cfg, data, run, accelerator) -> dict:
@@ -794,11 +802,7 @@ class InContextScorer:
         spec.check()
         self.calibrate = calibrate
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
-        # never longer than the model's position embeddings (a 128-position model under the default 256)
-        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if isinstance(positions, int) and positions > 0:
-            max_length = min(max_length, positions)
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size = fit_positions(model, max_length), batch_size
         order = np.random.default_rng(seed).permutation(len(demos))
         self.demos = [demos[i] for i in order]
         self.word_ids = {

@@ -21,7 +21,7 @@ from typing import Any
 
 from lmvalue.errors import CheckpointError
 
-__all__ = ["check_safetensors", "check_weights_folder", "from_pretrained", "load_safetensors"]
+__all__ = ["check_safetensors", "check_weights_folder", "from_pretrained", "load_config", "load_safetensors"]
 
 _INDEX = "model.safetensors.index.json"
 _HINT = "re-create the folder (rerun the command that wrote it), or point to another model folder"
@@ -125,6 +125,17 @@ def from_pretrained(auto_cls: Any, ref: str | Path, **kwargs) -> Any:
         if type(e).__name__ == "SafetensorError":
             raise CheckpointError(f"cannot read the weights of {str(ref)!r} ({e}); {_HINT}") from None
         raise
+
+
+def load_config(ref: str | Path) -> Any:
+    """``AutoConfig.from_pretrained(ref)``, a failure (no such hub name offline, a foreign folder) as a
+    CheckpointError."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(ref))
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot load a model config from {str(ref)!r}: {e}") from None
 
 
 def load_safetensors(path: str | Path) -> dict:

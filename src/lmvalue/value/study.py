@@ -44,6 +44,7 @@ import numpy as np
 import lmvalue
 from lmvalue.config import HEADLESS_METHODS, MODEL_PRESETS
 from lmvalue.errors import ConfigError, LmvalueError
+from lmvalue.files import write_text_atomic
 from lmvalue.value.overlap import describe_overlap, text_overlap
 from lmvalue.value.registry import Registry
 from lmvalue.value.report import summarize, verdict, write_report
@@ -296,24 +297,22 @@ class StudyConfig:
 
 
 def checkpoint_problem(ref: str) -> str | None:
-    """Why ``ref`` (a local folder or a hub name) cannot be loaded, or None when it can."""
-    path = Path(ref).expanduser()
-    looks_local = path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
-    if looks_local:
-        if not path.exists():
-            return f"checkpoint folder {ref} does not exist; check the path"
-        if not path.is_dir() or not (path / "config.json").is_file():
-            run_model = path / "model" / "config.json"
-            if run_model.is_file():
-                return None  # an lmvalue run folder: its model/ is used
-            return f"{ref} is not a model folder (no config.json); give a folder written by lmvalue or save_pretrained"
-        return None
-    try:
-        from transformers import AutoConfig
+    """Why ``ref`` (a local folder, an lmvalue run or a hub name) cannot be loaded, or None when it can."""
+    from lmvalue.errors import CheckpointError
+    from lmvalue.finetune import resolve_checkpoint
 
-        AutoConfig.from_pretrained(ref)
-    except Exception as e:  # offline and not cached, a typo, a private repo...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    try:
+        resolved = resolve_checkpoint(ref)  # the folder rules `lmvalue finetune --init-from` applies
+    except CheckpointError as e:
+        return str(e)
+    if Path(resolved).is_dir():
+        return None
+    from lmvalue.weights import load_config
+
+    try:
+        load_config(resolved)
+    except CheckpointError as e:  # offline and not cached, a typo, a private repo...
+        first = str(e).strip().splitlines()[0]
         return (
             f"cannot resolve checkpoint {ref!r}: it is no local folder, and the Hugging Face Hub did not "
             f"provide it ({first[:200]}). Check the name, go online (or unset HF_HUB_OFFLINE), or give a local folder"
@@ -643,9 +642,7 @@ def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict
             "results. Start a new study folder, or restore the original data"
         )
     if not corpus_path.is_file():
-        tmp = corpus_path.with_name(".corpus.txt.tmp")
-        tmp.write_text("\n".join(corpus) + "\n", encoding="utf-8")
-        tmp.replace(corpus_path)
+        write_text_atomic(corpus_path, "\n".join(corpus) + "\n")
     if saved_meta:
         overlap = saved_meta["overlap"]
     else:
@@ -666,9 +663,7 @@ def _prepare_data(cfg: StudyConfig, study_dir: Path, registry: Registry) -> dict
         "overlap_text": describe_overlap(overlap),
         "data_fingerprint": fingerprint,
     }
-    tmp = study_dir / ".study.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(study_dir / "study.json")
+    write_text_atomic(study_dir / "study.json", json.dumps(meta, indent=2, ensure_ascii=False))
     log.info("task: %s", meta["task_desc"])
     log.info("corpus: %s; overlap: %s", corpus_desc, meta["overlap_text"])
     log.info("budgets %s x %d seeds x %d arms", budgets, cfg.seeds, len(cfg.arms))
