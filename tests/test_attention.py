@@ -65,7 +65,7 @@ def _bert(attention_dropout: float) -> BertForMaskedLM:
 def calls(monkeypatch):
     """Count the calls that take the fast path (its dropout is applied once per call)."""
     seen = []
-    original = attention._FastDropout
+    original = attention.FastDropoutFunction
 
     class Counting:
         @staticmethod
@@ -73,7 +73,7 @@ def calls(monkeypatch):
             seen.append(x.shape)
             return original.apply(x, p)
 
-    monkeypatch.setattr(attention, "_FastDropout", Counting)
+    monkeypatch.setattr(attention, "FastDropoutFunction", Counting)
     return seen
 
 

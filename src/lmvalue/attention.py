@@ -24,7 +24,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from lmvalue.dropout import _FastDropout
+from lmvalue.dropout import FastDropoutFunction
 
 NAME = "lmvalue_cpu"
 
@@ -82,7 +82,7 @@ def cpu_attention_forward(
         scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if dropout > 0:
-        probs = _FastDropout.apply(probs, dropout)
+        probs = FastDropoutFunction.apply(probs, dropout)
     out = torch.matmul(probs, value)
     return out.transpose(1, 2).contiguous(), None
 

@@ -167,6 +167,21 @@ class RunDir:
         return final
 
 
+def weights_checkpoint(hf_config):
+    """(save, load) of the training loop's checkpoints: the whole state dict in ``weights.pt``, and
+    the model's config, which marks the folder as a checkpoint."""
+    import torch
+
+    def save(m, folder: Path):
+        hf_config.to_json_file(str(folder / "config.json"))
+        torch.save(m.state_dict(), folder / "weights.pt")
+
+    def load(m, folder: Path):
+        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+
+    return save, load
+
+
 def run_info(cfg, status: str, **extra) -> dict:
     """What ``run.json`` records: version, status, seed, command, software and host."""
     import platform
@@ -193,8 +208,10 @@ def run_info(cfg, status: str, **extra) -> dict:
 def mark_failed(run: RunDir, err: BaseException) -> None:
     """Record in ``run.json`` that the run stopped on ``err`` (interrupted by the user, or failed)."""
     path = run.path / "run.json"
+    if not path.is_file():
+        return  # it failed before it started: nothing to mark
     try:
-        info = read_json(path) if path.is_file() else {}
+        info = read_json(path)
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         info.update(
             status=status,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 
 from lmvalue.checkpoint import write_json_atomic
 from lmvalue.config import PretrainConfig, build_config, load_yaml
+from lmvalue.data.packing import MixedBatches  # noqa: F401  (its home is the data layer)
 from lmvalue.errors import ConfigError
 from lmvalue.weights import from_pretrained
 
@@ -159,76 +159,6 @@ def transfer_metrics(matrix: list[list[float | None]], *, higher_is_better: bool
     return {"bwt": mean(bwt_terms), "fwt": mean(fwt_terms), "forgetting": forgetting}
 
 
-class MixedBatches(torch.utils.data.Dataset):
-    """Batches of new blocks with a ``share`` of replayed old blocks in each (item ``i`` = batch ``i``).
-
-    A batch holds ``floor(share·B)`` old rows, plus one more with probability ``frac(share·B)``
-    (seeded per batch), so the expected share is exact for any batch size. New blocks follow one
-    seeded permutation per epoch; old rows are drawn at random from the old blocks. The epoch ends
-    when the new blocks run out. ``replayed(i)`` says which rows of batch ``i`` are old.
-    """
-
-    def __init__(
-        self,
-        new_blocks: np.ndarray,
-        old_blocks: np.ndarray,
-        batch_size: int,
-        share: float,
-        *,
-        seed: int,
-        epoch: int,
-        prepare,
-        rank: int = 0,
-        world: int = 1,
-    ):
-        from lmvalue.data.packing import batch_generator
-
-        self._gen = batch_generator
-        self.new, self.old, self.batch_size = new_blocks, old_blocks, batch_size
-        self.seed, self.epoch, self.prepare, self.rank, self.world = seed, epoch, prepare, rank, world
-        self.order = np.random.default_rng([seed, epoch]).permutation(len(new_blocks))
-        base, frac = math.floor(share * batch_size), share * batch_size - math.floor(share * batch_size)
-        rng = np.random.default_rng([seed, epoch, 99])
-        n_old, starts, used = [], [], 0
-        while True:  # global batches: rank r of global batch g is process r's batch g
-            k = [base + int(rng.random() < frac) for _ in range(world)]
-            need = sum(batch_size - x for x in k)
-            if used + need > len(new_blocks) or (len(old_blocks) == 0 and any(k)):
-                break
-            n_old.append(k)
-            starts.append(used)
-            used += need
-        self.n_old, self.starts = n_old, starts
-
-    def __len__(self) -> int:
-        return len(self.n_old)
-
-    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(new block indices, old block indices) of this process's batch ``i``."""
-        k = self.n_old[i]
-        start = self.starts[i] + sum(self.batch_size - x for x in k[: self.rank])
-        new_idx = self.order[start : start + self.batch_size - k[self.rank]]
-        old_idx = np.random.default_rng([self.seed, self.epoch, i, self.rank, 7]).integers(
-            0, max(1, len(self.old)), size=k[self.rank]
-        )
-        return np.sort(new_idx), np.sort(old_idx)
-
-    def indices(self, i: int) -> np.ndarray:
-        return self.rows(i)[0]
-
-    def replayed(self, i: int) -> np.ndarray:
-        new_idx, old_idx = self.rows(i)
-        return np.array([False] * len(new_idx) + [True] * len(old_idx))
-
-    def __getitem__(self, i: int) -> dict:
-        new_idx, old_idx = self.rows(i)
-        parts = [np.asarray(self.new[new_idx], dtype=np.int64)]
-        if len(old_idx):
-            parts.append(np.asarray(self.old[old_idx], dtype=np.int64))
-        batch = {"input_ids": torch.from_numpy(np.concatenate(parts))}
-        return self.prepare(batch, self._gen(self.seed, self.epoch, i, self.rank))
-
-
 # --- corpora -------------------------------------------------------------------------------------
 
 
@@ -245,9 +175,9 @@ def corpus_blocks(source: str, tokenizer, pcfg: PretrainConfig, max_blocks: int)
     from lmvalue.data.packing import pack_blocks, split_documents
     from lmvalue.data.shards import cached_blocks, cached_tokens
     from lmvalue.data.sources import iter_texts
-    from lmvalue.pretrain import _source_kwargs
+    from lmvalue.pretrain import source_kwargs
 
-    kwargs = _source_kwargs(dataclasses.replace(pcfg, data=dataclasses.replace(pcfg.data, source=source)))
+    kwargs = source_kwargs(dataclasses.replace(pcfg, data=dataclasses.replace(pcfg.data, source=source)))
     entry, _ = cached_tokens(lambda: iter_texts(source, **kwargs), tokenizer, cache_dir=pcfg.data.cache_dir)
     n_docs = len(entry.offsets) - 1
     train_docs, eval_docs = split_documents(n_docs, pcfg.data.eval_fraction, pcfg.train.seed)
@@ -293,7 +223,7 @@ def held_out_loss(model, tokenizer, blocks: np.ndarray, pcfg: PretrainConfig) ->
 def _load_lm(path: str):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from lmvalue.finetune import resolve_checkpoint
+    from lmvalue.weights import resolve_checkpoint
 
     path = resolve_checkpoint(path)
     config = AutoConfig.from_pretrained(path)

@@ -27,7 +27,7 @@ def keep_scale(p: float) -> tuple[int, float]:
     return -32768 + dropped, _LEVELS / (_LEVELS - dropped)
 
 
-class _FastDropout(torch.autograd.Function):
+class FastDropoutFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         n = x.numel()
@@ -54,7 +54,7 @@ class FastDropout(torch.nn.Dropout):
             return x * 0.0
         if self.inplace or x.device.type != "cpu":
             return super().forward(x)  # GPUs have a fused dropout already
-        return _FastDropout.apply(x, self.p)
+        return FastDropoutFunction.apply(x, self.p)
 
 
 def use_fast_dropout(model: torch.nn.Module) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 import time
@@ -32,21 +31,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmvalue.checkpoint import RunDir, finish_run, read_json, run_info, write_json_atomic
+from lmvalue.checkpoint import (
+    RunDir,
+    finish_run,
+    mark_failed,
+    run_info,
+    weights_checkpoint,
+    write_json_atomic,
+)
 from lmvalue.config import FinetuneConfig, FinetuneModelConfig, save_yaml
 from lmvalue.data.budget import carve_test, dedupe, draw_budget, input_key, label_counts, split_dev
 from lmvalue.data.sources import load_labeled
-from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError, setting
-from lmvalue.inference import METHOD_FILE, TaskModel, check_labels, head_labels, score
+from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
+from lmvalue.inference import TaskModel, check_labels, head_labels, score
 from lmvalue.loop import make_accelerator, resolve_precision, train_loop
 from lmvalue.methods import Method, MethodContext, get_method
-from lmvalue.models import check_vocab, count_parameters, preset_config
-from lmvalue.prompting import PROMPT_METHODS, check_masked_lm_start, fit_prompt, resolve_prompt
-from lmvalue.tasks import TaskSpec, _some, build_spec, infer_kind
+from lmvalue.models import check_vocab, count_parameters, forward_parameters, preset_config
+from lmvalue.prompting.scorer import PROMPT_METHODS, check_masked_lm_start, resolve_prompt
+from lmvalue.prompting.training import fit_prompt
+from lmvalue.tasks import TaskSpec, build_spec, infer_kind, list_some
 from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
 from lmvalue.tasks.metrics import summary
 from lmvalue.tasks.pooling import reinit_top_layers, set_pooling
-from lmvalue.weights import from_pretrained
+from lmvalue.transfer import run_steps, save_task_folder
+from lmvalue.weights import from_pretrained, resolve_checkpoint
 
 log = logging.getLogger("lmvalue")
 
@@ -149,7 +157,7 @@ def load_task_data(
     if len(counts) < 2:
         what = "tag" if kind == "tagging" else "class"
         raise DataError(
-            f"the training split has a single {what} ({_some(counts)}; {len(train)} examples): there is "
+            f"the training split has a single {what} ({list_some(counts)}; {len(train)} examples): there is "
             f"nothing to tell apart. Check data.label_column, or raise the budget so that more {what}es are drawn"
         )
     if not dev:
@@ -177,34 +185,6 @@ def load_task_data(
 
 
 # --- model ---------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(ref: str) -> str:
-    """A pretraining run folder means its ``model/``; other local folders must hold ``config.json``.
-
-    Raises:
-        CheckpointError: a local folder that is not a checkpoint (with what it is instead).
-    """
-    path = Path(ref).expanduser()
-    if not path.exists():
-        if ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:
-            raise CheckpointError(
-                f"checkpoint folder {ref} does not exist: check the path ({setting('model.init_from')})"
-            )
-        return ref  # a hub name
-    if (path / "config.json").is_file():
-        return str(path)
-    if (path / "model" / "config.json").is_file():
-        return str(path / "model")  # an lmvalue run folder
-    if (path / "base").is_dir() or (path / "model" / "base").is_dir():
-        raise CheckpointError(
-            f"{ref} is a parameter-efficient fine-tuned model (adapter + base/): start from its merged/ "
-            "folder (written with --merge) or from its base/"
-        )
-    raise CheckpointError(
-        f"{ref} is not a checkpoint folder (no config.json, and no model/config.json of an lmvalue run); "
-        f"give a model folder, a run folder or a hub name ({setting('model.init_from')})"
-    )
 
 
 def _label_config(spec: TaskSpec) -> dict:
@@ -266,8 +246,8 @@ def fit_spec_to_checkpoint(spec: TaskSpec, mcfg: FinetuneModelConfig) -> tuple[T
     only_data = sorted(set(spec.labels) - set(labels))
     only_ckpt = sorted(set(labels) - set(spec.labels))
     raise CheckpointError(
-        f"{mcfg.init_from} was fine-tuned for the labels {_some(labels)}, but the data has {_some(spec.labels)} "
-        f"(only in the data: {_some(only_data) or 'none'}; only in the checkpoint: {_some(only_ckpt) or 'none'}). "
+        f"{mcfg.init_from} was fine-tuned for the labels {list_some(labels)}, but the data has {list_some(spec.labels)} "
+        f"(only in the data: {list_some(only_data) or 'none'}; only in the checkpoint: {list_some(only_ckpt) or 'none'}). "
         "Pass model.new_head=true to train a new head on it, or check data.label_column"
     )
 
@@ -325,20 +305,6 @@ def _zero_head(model) -> None:
                 torch.nn.init.zeros_(module.bias)
 
 
-def forward_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(N, N_trainable): weights outside embedding tables, each counted once (for the FLOPs estimate)."""
-    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    seen: set[int] = set()
-    n = n_trainable = 0
-    for p in model.parameters():
-        if id(p) in seen or id(p) in embedding:
-            continue
-        seen.add(id(p))
-        n += p.numel()
-        n_trainable += p.numel() if p.requires_grad else 0
-    return n, n_trainable
-
-
 # --- the recipe ----------------------------------------------------------------------------------
 
 
@@ -369,33 +335,6 @@ def llrd_groups(model: torch.nn.Module, decay: float, weight_decay: float) -> li
         {"params": ps, "lr_scale": scale, "weight_decay": 0.0 if nd else weight_decay}
         for (scale, nd), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
     ]
-
-
-def weights_checkpoint(hf_config):
-    """(save, load) of the training loop's checkpoints: the whole state dict in ``weights.pt``, and
-    the model's config, which marks the folder as a checkpoint."""
-
-    def save(m, folder: Path):
-        hf_config.to_json_file(str(folder / "config.json"))
-        torch.save(m.state_dict(), folder / "weights.pt")
-
-    def load(m, folder: Path):
-        m.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-
-    return save, load
-
-
-def run_steps(cfg: FinetuneConfig, n_train: int, world: int) -> tuple[int, int]:
-    """(optimizer steps, evaluate every N steps) for a training split of ``n_train`` examples."""
-    t = cfg.train
-    per_epoch = max(1, math.ceil(n_train / (t.batch_size * world * t.grad_accum)))
-    steps = (
-        t.max_steps
-        if t.epochs is None
-        else min(t.max_steps, max(t.min_steps, math.ceil(t.epochs * per_epoch)))
-    )
-    eval_every = max(1, math.ceil(steps / t.evals)) if t.evals else t.eval_every
-    return steps, eval_every
 
 
 def finetune(
@@ -462,7 +401,7 @@ def finetune(
             result = _finish_network(cfg, data, method, run, trained, accelerator)
     except BaseException as e:
         if main:
-            _mark_failed(run, e)
+            mark_failed(run, e)
         raise
     spec = data.spec
     test, dev = result.pop("test_scores"), result.pop("dev_scores")
@@ -493,26 +432,6 @@ def finetune(
     if main:
         finish_run(run, metrics, [d for d in (metrics.get("model_dir"), metrics.get("merged_dir")) if d])
     return metrics
-
-
-def _mark_failed(run: RunDir, error: BaseException) -> None:
-    if not (run.path / "run.json").is_file():
-        return
-    info = read_json(run.path / "run.json")
-    if info.get("status") == "running":
-        info.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000])
-        write_json_atomic(run.path / "run.json", info)
-
-
-def _save_common(folder: Path, cfg: FinetuneConfig, spec: TaskSpec, name: str, tokenizer=None) -> None:
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    spec.save(folder)
-    write_json_atomic(
-        folder / METHOD_FILE,
-        {"name": name, "config": dataclasses.asdict(cfg.method), "max_length": cfg.data.max_length},
-    )
-    save_yaml(cfg, folder / "lmvalue_config.yaml")
 
 
 def _fit_tfidf(
@@ -579,7 +498,7 @@ def _fit_tfidf(
 
         def write(folder: Path):
             (probe if name == "probe" else tfidf).save(pipe, folder)
-            _save_common(folder, cfg, spec, name)
+            save_task_folder(folder, cfg, spec, name)
 
         result["model_dir"] = str(run.write_dir_atomic("model", write))
     return result
@@ -727,7 +646,7 @@ def _finish_network(
             method.save(final, folder)
             if method.keeps_base:
                 os.replace(base_dir, folder / "base")
-            _save_common(folder, cfg, spec, method.name, tokenizer)
+            save_task_folder(folder, cfg, spec, method.name, tokenizer)
 
         result["model_dir"] = str(run.write_dir_atomic("model", write))
         if cfg.method.merge:
@@ -735,7 +654,7 @@ def _finish_network(
 
             def write_merged(folder: Path):
                 merged.save_pretrained(folder, safe_serialization=True)
-                _save_common(folder, cfg, spec, "full", tokenizer)
+                save_task_folder(folder, cfg, spec, "full", tokenizer)
 
             result["merged_dir"] = str(run.write_dir_atomic("merged", write_merged))
     accelerator.wait_for_everyone()

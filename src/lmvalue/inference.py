@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lmvalue.errors import CheckpointError, ConfigError, DataError, with_option
-from lmvalue.tasks import TASK_FILE, TaskSpec, _some, example_labels
+from lmvalue.tasks import TASK_FILE, TaskSpec, example_labels, list_some
 from lmvalue.tasks.encode import encode, predict_logits, word_predictions
 from lmvalue.tasks.metrics import confusion_png, spans, summary, task_scores
 from lmvalue.tasks.pooling import POOLING_KEY, set_pooling
@@ -230,7 +230,8 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     if name == "in-context":
         from transformers import AutoModelForCausalLM
 
-        from lmvalue.prompting import DEMOS_FILE, PROMPT_FILE, InContextScorer, PromptSpec
+        from lmvalue.prompting.incontext import InContextScorer
+        from lmvalue.prompting.scorer import DEMOS_FILE, PROMPT_FILE, PromptSpec
 
         demos = [json.loads(line) for line in (folder / DEMOS_FILE).read_text(encoding="utf-8").splitlines()]
         scorer = InContextScorer(
@@ -246,7 +247,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     if name in ("zero-shot", "pet"):
         from transformers import AutoModelForMaskedLM
 
-        from lmvalue.prompting import PROMPT_FILE, ClozeScorer, PromptSpec
+        from lmvalue.prompting.scorer import PROMPT_FILE, ClozeScorer, PromptSpec
 
         model = from_pretrained(AutoModelForMaskedLM, folder).eval()
         scorer = ClozeScorer(
@@ -329,7 +330,7 @@ def check_labels(
     total = sum(counts.values())
     what = ", ".join(f"{k!r} ({v})" for k, v in sorted(counts.items(), key=lambda x: -x[1])[:10])
     msg = (
-        f"{where} has {len(counts)} label(s) that {owner}'s labels {_some(spec.labels)} lack, "
+        f"{where} has {len(counts)} label(s) that {owner}'s labels {list_some(spec.labels)} lack, "
         f"{total} occurrence(s): {what}"
     )
     if unknown == "error":

@@ -143,3 +143,17 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+def forward_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(N, N_trainable): weights outside embedding tables, each counted once (for the FLOPs estimate)."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    seen: set[int] = set()
+    n = n_trainable = 0
+    for p in model.parameters():
+        if id(p) in seen or id(p) in embedding:
+            continue
+        seen.add(id(p))
+        n += p.numel()
+        n_trainable += p.numel() if p.requires_grad else 0
+    return n, n_trainable

@@ -72,7 +72,7 @@ def get_tokenizer(cfg: PretrainConfig, run: RunDir, resume_from: Path | None, ac
     target = run.path / "tokenizer"
     if accelerator.is_main_process:
         t0 = time.perf_counter()
-        texts = iter_texts(cfg.data.source, **_source_kwargs(cfg))
+        texts = iter_texts(cfg.data.source, **source_kwargs(cfg))
         train_tokenizer(
             texts,
             target,
@@ -90,7 +90,7 @@ def get_tokenizer(cfg: PretrainConfig, run: RunDir, resume_from: Path | None, ac
     return load_tokenizer(target)
 
 
-def _source_kwargs(cfg: PretrainConfig) -> dict:
+def source_kwargs(cfg: PretrainConfig) -> dict:
     d = cfg.data
     return dict(
         text_column=d.text_column,
@@ -150,7 +150,7 @@ def _read_corpus(
     """Tokenize the corpus with the annotations ``needs`` asks for; return it, the tag vocabulary,
     the number of characters, the token-cache entry (or None) and tokenization stats."""
     if not needs and cfg.data.cache and getattr(tokenizer, "backend_tokenizer", None) is not None:
-        kwargs = _source_kwargs(cfg)
+        kwargs = source_kwargs(cfg)
         try:
             entry, stats = cached_tokens(
                 lambda: iter_texts(cfg.data.source, **kwargs), tokenizer, cache_dir=cfg.data.cache_dir
@@ -179,7 +179,7 @@ def _read_corpus(
             word_tags.append((starts, np.array([index[t] for t in tags], dtype=np.int64)))
         del tagged
     else:
-        texts = load_texts(cfg.data.source, **_source_kwargs(cfg))
+        texts = load_texts(cfg.data.source, **source_kwargs(cfg))
     t0 = time.perf_counter()
     corpus = tokenize_annotated(texts, tokenizer, fields=fields, word_tags=word_tags)
     dt = time.perf_counter() - t0
@@ -264,7 +264,7 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
     # Unknown or incompatible objectives fail here, before a tokenizer is trained.
     check_objectives(cfg.objective.names, None if cfg.model.init_from else cfg.model.arch)
     if cfg.model.init_from:  # a missing or wrong folder is named as the checkpoint it should be
-        from lmvalue.finetune import resolve_checkpoint
+        from lmvalue.weights import resolve_checkpoint
 
         resolve_checkpoint(cfg.model.init_from)
     accelerator = make_accelerator(cfg.train)
@@ -338,7 +338,7 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resume_from, accelerator, re
     def epoch_batches(epoch: int):
         rows = data.train(epoch)
         if replay is not None:
-            from lmvalue.continual import MixedBatches
+            from lmvalue.data.packing import MixedBatches
 
             return MixedBatches(
                 rows["input_ids"],

@@ -19,9 +19,16 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from lmvalue.errors import CheckpointError
+from lmvalue.errors import CheckpointError, setting
 
-__all__ = ["check_safetensors", "check_weights_folder", "from_pretrained", "load_config", "load_safetensors"]
+__all__ = [
+    "resolve_checkpoint",
+    "check_safetensors",
+    "check_weights_folder",
+    "from_pretrained",
+    "load_config",
+    "load_safetensors",
+]
 
 _INDEX = "model.safetensors.index.json"
 _HINT = "re-create the folder (rerun the command that wrote it), or point to another model folder"
@@ -144,3 +151,31 @@ def load_safetensors(path: str | Path) -> dict:
 
     check_safetensors(path)
     return load_file(str(path))
+
+
+def resolve_checkpoint(ref: str) -> str:
+    """A pretraining run folder means its ``model/``; other local folders must hold ``config.json``.
+
+    Raises:
+        CheckpointError: a local folder that is not a checkpoint (with what it is instead).
+    """
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:
+            raise CheckpointError(
+                f"checkpoint folder {ref} does not exist: check the path ({setting('model.init_from')})"
+            )
+        return ref  # a hub name
+    if (path / "config.json").is_file():
+        return str(path)
+    if (path / "model" / "config.json").is_file():
+        return str(path / "model")  # an lmvalue run folder
+    if (path / "base").is_dir() or (path / "model" / "base").is_dir():
+        raise CheckpointError(
+            f"{ref} is a parameter-efficient fine-tuned model (adapter + base/): start from its merged/ "
+            "folder (written with --merge) or from its base/"
+        )
+    raise CheckpointError(
+        f"{ref} is not a checkpoint folder (no config.json, and no model/config.json of an lmvalue run); "
+        f"give a model folder, a run folder or a hub name ({setting('model.init_from')})"
+    )

@@ -12,6 +12,7 @@ reading the batches before it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -148,3 +149,71 @@ def eval_batches(
             batch[name] = torch.from_numpy(np.asarray(values[rows], dtype=np.int64))
         out.append(prepare(batch, batch_generator(seed, 10**6, i)))
     return out
+
+
+class MixedBatches(torch.utils.data.Dataset):
+    """Batches of new blocks with a ``share`` of replayed old blocks in each (item ``i`` = batch ``i``).
+
+    A batch holds ``floor(share·B)`` old rows, plus one more with probability ``frac(share·B)``
+    (seeded per batch), so the expected share is exact for any batch size. New blocks follow one
+    seeded permutation per epoch; old rows are drawn at random from the old blocks. The epoch ends
+    when the new blocks run out. ``replayed(i)`` says which rows of batch ``i`` are old.
+    """
+
+    def __init__(
+        self,
+        new_blocks: np.ndarray,
+        old_blocks: np.ndarray,
+        batch_size: int,
+        share: float,
+        *,
+        seed: int,
+        epoch: int,
+        prepare,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self._gen = batch_generator
+        self.new, self.old, self.batch_size = new_blocks, old_blocks, batch_size
+        self.seed, self.epoch, self.prepare, self.rank, self.world = seed, epoch, prepare, rank, world
+        self.order = np.random.default_rng([seed, epoch]).permutation(len(new_blocks))
+        base, frac = math.floor(share * batch_size), share * batch_size - math.floor(share * batch_size)
+        rng = np.random.default_rng([seed, epoch, 99])
+        n_old, starts, used = [], [], 0
+        while True:  # global batches: rank r of global batch g is process r's batch g
+            k = [base + int(rng.random() < frac) for _ in range(world)]
+            need = sum(batch_size - x for x in k)
+            if used + need > len(new_blocks) or (len(old_blocks) == 0 and any(k)):
+                break
+            n_old.append(k)
+            starts.append(used)
+            used += need
+        self.n_old, self.starts = n_old, starts
+
+    def __len__(self) -> int:
+        return len(self.n_old)
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(new block indices, old block indices) of this process's batch ``i``."""
+        k = self.n_old[i]
+        start = self.starts[i] + sum(self.batch_size - x for x in k[: self.rank])
+        new_idx = self.order[start : start + self.batch_size - k[self.rank]]
+        old_idx = np.random.default_rng([self.seed, self.epoch, i, self.rank, 7]).integers(
+            0, max(1, len(self.old)), size=k[self.rank]
+        )
+        return np.sort(new_idx), np.sort(old_idx)
+
+    def indices(self, i: int) -> np.ndarray:
+        return self.rows(i)[0]
+
+    def replayed(self, i: int) -> np.ndarray:
+        new_idx, old_idx = self.rows(i)
+        return np.array([False] * len(new_idx) + [True] * len(old_idx))
+
+    def __getitem__(self, i: int) -> dict:
+        new_idx, old_idx = self.rows(i)
+        parts = [np.asarray(self.new[new_idx], dtype=np.int64)]
+        if len(old_idx):
+            parts.append(np.asarray(self.old[old_idx], dtype=np.int64))
+        batch = {"input_ids": torch.from_numpy(np.concatenate(parts))}
+        return self.prepare(batch, self._gen(self.seed, self.epoch, i, self.rank))

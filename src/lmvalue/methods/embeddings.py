@@ -175,11 +175,11 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     """Fit one pipeline per ``cfg.tfidf_c`` on the averaged vectors, keep the best on ``dev``."""
     from sklearn.linear_model import LogisticRegression
 
-    from lmvalue.methods.tfidf import _inputs
+    from lmvalue.methods.tfidf import classifier_inputs
 
     if spec.level == "token":
         raise DataError("method embeddings supports classification and pair tasks, not tagging")
-    texts = _inputs(train_set)
+    texts = classifier_inputs(train_set)
     cjk = _cjk(texts)
     kv, info = resolve_vectors(cfg, seed, cjk)
     labels = [ex["label"] for ex in train_set]

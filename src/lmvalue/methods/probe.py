@@ -24,7 +24,7 @@ from lmvalue.weights import from_pretrained
 
 log = logging.getLogger("lmvalue")
 ENCODER_DIR = "encoder"
-PAIR_SEP = " \x1f "  # lmvalue.methods.tfidf._inputs joins a pair with it
+PAIR_SEP = " \x1f "  # lmvalue.methods.tfidf.classifier_inputs joins a pair with it
 
 
 class EncoderFeatures:
@@ -135,12 +135,12 @@ def train(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from lmvalue.methods.tfidf import _inputs
+    from lmvalue.methods.tfidf import classifier_inputs
 
     if spec.level == "token":
         raise DataError("method probe supports classification and pair tasks, not tagging")
     features = EncoderFeatures(encoder, cfg.probe_layers, max_length, tokenizer=tokenizer)
-    x = features.transform(_inputs(train_set))
+    x = features.transform(classifier_inputs(train_set))
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)
     labels = [ex["label"] for ex in train_set]

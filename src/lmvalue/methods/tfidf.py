@@ -25,7 +25,7 @@ def cjk_share(texts: list[str]) -> float:
     return len(_CJK.findall(sample)) / letters if letters else 0.0
 
 
-def _inputs(examples: list[dict]) -> list[str]:
+def classifier_inputs(examples: list[dict]) -> list[str]:
     # A pair is read as one text with a separator the vectorizer cannot mistake for a word.
     return [
         ex["text"] if not ex.get("text_pair") else f"{ex['text']} \x1f {ex['text_pair']}" for ex in examples
@@ -57,7 +57,7 @@ def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tu
     """
     if spec.level == "token":
         raise DataError("method tfidf supports classification and pair tasks, not tagging")
-    texts = _inputs(train)
+    texts = classifier_inputs(train)
     labels = [ex["label"] for ex in train]
     grid = list(cfg.tfidf_c) if dev else [1.0]
     best, best_score, scores = None, (-np.inf,), {}
@@ -80,7 +80,7 @@ def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tu
 
 def probabilities(pipe, examples: list[dict], labels) -> np.ndarray:
     """(N, len(labels)) class probabilities in the task's label order."""
-    proba = pipe.predict_proba(_inputs(examples))
+    proba = pipe.predict_proba(classifier_inputs(examples))
     out = np.zeros((len(examples), len(labels)))
     index = {label: i for i, label in enumerate(labels)}
     for j, cls in enumerate(pipe.classes_):

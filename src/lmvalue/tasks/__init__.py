@@ -136,7 +136,7 @@ def build_spec(kind: str, examples: list[dict], *, labels=None, metric: str = "a
         extra = sorted(set(seen) - set(labels))
         if extra:
             raise DataError(
-                f"the training data has labels that task.labels does not list: {_some(extra)} "
+                f"the training data has labels that task.labels does not list: {list_some(extra)} "
                 f"({sum(seen[x] for x in extra)} occurrences); add them to task.labels or remove those examples"
             )
         labels = tuple(labels)
@@ -152,7 +152,7 @@ def build_spec(kind: str, examples: list[dict], *, labels=None, metric: str = "a
         )
     if metric == "entity_f1" and not is_entity_scheme(labels):
         raise DataError(
-            f"task.metric=entity_f1 needs BIO/BIOES tags (O, B-X, I-X, ...); the tags are {_some(labels)}. "
+            f"task.metric=entity_f1 needs BIO/BIOES tags (O, B-X, I-X, ...); the tags are {list_some(labels)}. "
             "Use task.metric=token_accuracy"
         )
     char_tokens = False
@@ -162,7 +162,7 @@ def build_spec(kind: str, examples: list[dict], *, labels=None, metric: str = "a
     return TaskSpec(kind=kind, labels=labels, metric=metric, char_tokens=char_tokens)
 
 
-def _some(items, n: int = 10) -> str:
+def list_some(items, n: int = 10) -> str:
     items = list(items)
     shown = ", ".join(repr(x) for x in items[:n])
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")

@@ -299,7 +299,7 @@ class StudyConfig:
 def checkpoint_problem(ref: str) -> str | None:
     """Why ``ref`` (a local folder, an lmvalue run or a hub name) cannot be loaded, or None when it can."""
     from lmvalue.errors import CheckpointError
-    from lmvalue.finetune import resolve_checkpoint
+    from lmvalue.weights import resolve_checkpoint
 
     try:
         resolved = resolve_checkpoint(ref)  # the folder rules `lmvalue finetune --init-from` applies
