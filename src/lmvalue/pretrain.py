@@ -3,6 +3,7 @@ blocks of the unlabeled text, self-supervised objectives, and the shared trainin
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -261,6 +262,7 @@ def pretrain(cfg: PretrainConfig, *, replay: dict | None = None, regularizer=Non
     (``(model, tokenizer) -> penalty(model)``, called once the starting weights are loaded; the
     penalty is added to the loss and logged as ``reg_loss``).
     """
+    cfg = copy.deepcopy(cfg)  # this run's own copy: the caller's config is never changed
     # Unknown or incompatible objectives fail here, before a tokenizer is trained.
     check_objectives(cfg.objective.names, None if cfg.model.init_from else cfg.model.arch)
     if cfg.model.init_from:  # a missing or wrong folder is named as the checkpoint it should be

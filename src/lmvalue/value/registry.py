@@ -106,12 +106,6 @@ class Registry:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def set_meta(self, key: str, value) -> None:
-        with self._tx():
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, default=str))
-            )
-
     # -- cells ------------------------------------------------------------------------------
     def finished(self) -> set[tuple[str, int, int]]:
         return {(a, b, s) for a, b, s in self.db.execute("SELECT arm, budget, seed FROM cells")}

@@ -370,6 +370,7 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
     """
     from lmvalue.config import validate as _validate  # noqa: F401  (keeps one validation style)
 
+    cfg = dataclasses.replace(cfg)  # resuming an old study may turn its recipe off: on a copy
     problems = cfg.problems()
     if problems:
         raise ConfigError("invalid study settings:\n" + "\n".join(f"  - {p}" for p in problems))
