@@ -137,3 +137,57 @@ def test_the_checks_can_fail():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
     assert rank("lmvalue.cli") > rank("lmvalue.data.sources")
     assert rank("lmvalue.prompting.training") > rank("lmvalue.prompting.scorer")
+
+
+CHARLR = """
+from lmvalue.methods.tfidf import classifier_inputs, describe, load, prepare, save  # noqa: F401
+
+def train(train, dev, spec, cfg, seed, score):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True)
+    logreg = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
+    pipe = Pipeline([("tfidf", vectorizer), ("logreg", logreg)])
+    pipe.fit(classifier_inputs(train), [ex["label"] for ex in train])
+    info = {"analyzer": "char_wb", "ngram_range": (1, 4), "features": len(vectorizer.vocabulary_), "C": 1.0}
+    return pipe, info
+"""
+
+
+def test_a_method_is_one_module_and_one_registry_entry(reviews, tmp_path, monkeypatch, capsys):
+    """The docs/finetuning.md walkthrough: a module and a METHODS entry are all finetune, predict and
+    the config checks need."""
+    import json
+    import types
+
+    from lmvalue.cli import main
+    from lmvalue.methods import METHODS, Method
+
+    charlr = types.ModuleType("charlr")
+    exec(CHARLR, charlr.__dict__)
+    entry = Method(
+        "charlr",
+        "char n-grams + balanced logistic regression",
+        apply=None,
+        family="classical",
+        trainer=charlr,
+        uses_model=False,
+    )
+    monkeypatch.setitem(METHODS, "charlr", entry)
+    data = tmp_path / "reviews.jsonl"
+    data.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reviews[:600]), encoding="utf-8"
+    )
+    run = tmp_path / "run"
+    argv = ["finetune", "--data", data, "--method", "charlr", "--train-size", "200", "data.test_size=200"]
+    assert main([str(a) for a in [*argv, "-o", run, "--no-progress"]]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "charlr" and metrics["start"] == "none"
+    assert metrics["test"]["accuracy"] > 0.7  # it learned: 200 labels of real reviews
+    (tmp_path / "in.txt").write_text("质量很好，非常满意\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", "-m", str(run / "model"), "-i", str(tmp_path / "in.txt")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["label"] in ("pos", "neg") and set(row["probs"]) == {"pos", "neg"}

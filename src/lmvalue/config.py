@@ -272,8 +272,6 @@ class PretrainConfig:
 # below only add fields and change defaults, so the training loop takes them as they are.
 
 TASK_KINDS = ("auto", "classification", "pair", "tagging")
-# Methods without a network task head (model.pooling / model.reinit_layers do not apply to them).
-HEADLESS_METHODS = ("tfidf", "embeddings", "probe", "zero-shot", "pet", "in-context")
 TASK_METRICS = ("auto", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
 
 
@@ -531,12 +529,11 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
     def problems(self) -> list[str]:
+        from lmvalue.methods import METHODS
+
+        method = METHODS.get(self.method.name)  # an unknown name is reported by MethodConfig
         out = []
-        if (
-            self.method.name not in ("tfidf", "embeddings")
-            and not self.model.init_from
-            and not self.model.from_scratch
-        ):
+        if (method is None or method.uses_model) and not self.model.init_from and not self.model.from_scratch:
             out.append(
                 "no starting point: set model.init_from (a pretrained run, checkpoint folder or hub name), "
                 "or model.from_scratch=true (with model.init_from, or model.preset and model.tokenizer)"
@@ -545,14 +542,18 @@ class FinetuneConfig:
             out.append(
                 "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"
             )
-        if self.method.name == "probe" and (self.model.from_scratch or not self.model.init_from):
+        if (
+            method is not None
+            and method.needs_encoder
+            and (self.model.from_scratch or not self.model.init_from)
+        ):
             out.append(
-                "method probe reads the features of a pretrained encoder: set model.init_from (a pretrained "
+                f"method {method.name} reads the features of a pretrained encoder: set model.init_from (a pretrained "
                 "run, checkpoint folder or hub name) and leave model.from_scratch off"
             )
         if self.model.pooling not in ("cls", "mean"):
             out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")
-        headless = self.method.name in HEADLESS_METHODS
+        headless = method is not None and method.headless
         if self.model.reinit_layers < 0:
             out.append(f"model.reinit_layers={self.model.reinit_layers} must be >= 0")
         if headless and (self.model.pooling != "cls" or self.model.reinit_layers):

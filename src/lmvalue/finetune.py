@@ -42,12 +42,12 @@ from lmvalue.checkpoint import (
 from lmvalue.config import FinetuneConfig, FinetuneModelConfig, save_yaml
 from lmvalue.data.budget import carve_test, dedupe, draw_budget, input_key, label_counts, split_dev
 from lmvalue.data.sources import load_labeled
-from lmvalue.errors import CheckpointError, ConfigError, DataError, LmvalueError
+from lmvalue.errors import CheckpointError, ConfigError, DataError
 from lmvalue.inference import TaskModel, check_labels, head_labels, score
 from lmvalue.loop import make_accelerator, resolve_precision, train_loop
 from lmvalue.methods import Method, MethodContext, get_method
 from lmvalue.models import check_vocab, count_parameters, forward_parameters, preset_config
-from lmvalue.prompting.scorer import PROMPT_METHODS, check_masked_lm_start, resolve_prompt
+from lmvalue.prompting.scorer import check_masked_lm_start, resolve_prompt
 from lmvalue.prompting.training import fit_prompt
 from lmvalue.tasks import TaskSpec, build_spec, infer_kind, list_some
 from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
@@ -203,16 +203,9 @@ def _quiet():
 
 def start_tokenizer(mcfg: FinetuneModelConfig):
     """The tokenizer of the starting point (or ``model.tokenizer``), with a padding token."""
-    from lmvalue.tokenizer import load_tokenizer
+    from lmvalue.tokenizer import load_padding_tokenizer
 
-    tokenizer = load_tokenizer(mcfg.tokenizer or resolve_checkpoint(mcfg.init_from))
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise LmvalueError(
-                "the tokenizer has neither a padding nor an end-of-text token to pad batches with"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_padding_tokenizer(mcfg.tokenizer or resolve_checkpoint(mcfg.init_from))
 
 
 def fit_spec_to_checkpoint(spec: TaskSpec, mcfg: FinetuneModelConfig) -> tuple[TaskSpec, bool]:
@@ -368,18 +361,14 @@ def finetune(
             "budget.dev_fraction or the budget, or set train.lr instead"
         )
     # Everything that can fail on bad input (data, checkpoint, labels) fails before anything is written.
-    prompted = method.name in PROMPT_METHODS
+    prompted = method.family == "prompt"
     if prompted:
         resolve_prompt(cfg.method, cfg.data.source, data.spec.labels)  # a bad prompt fails before any write
         check_masked_lm_start(cfg.method.name, cfg.model)  # so does a checkpoint without an MLM head
-    start = prepare_network(cfg, data) if method.apply is not None else None
-    probe_start = None
-    if method.name == "probe":  # a bad checkpoint fails here, before anything is written
-        probe_start = {
-            "encoder": resolve_checkpoint(cfg.model.init_from),
-            "tokenizer": start_tokenizer(cfg.model),
-        }
-    accelerator = make_accelerator(cfg.train) if method.apply is not None or prompted else None
+    start = prepare_network(cfg, data) if method.family == "network" else None
+    # a classical method's own starting point (the probe's encoder) fails here, before any write
+    classical_start = method.trainer.prepare(cfg) if method.family == "classical" else None
+    accelerator = make_accelerator(cfg.train) if method.family != "classical" else None
     main = accelerator is None or accelerator.is_main_process
     run = RunDir(cfg.train.output_dir)
     resume_from = run.prepare(resume=cfg.train.resume, overwrite=cfg.train.overwrite) if main else None
@@ -392,8 +381,8 @@ def finetune(
     try:
         if prompted:
             result = fit_prompt(cfg, data, run, accelerator)
-        elif start is None:
-            result = _fit_tfidf(cfg, data, run, method.name, probe_start)
+        elif method.family == "classical":
+            result = _fit_classical(cfg, data, run, method, classical_start)
         elif cfg.train.lr_search:
             result = _search_lr(cfg, data, method, run, start, accelerator)
         else:
@@ -410,10 +399,8 @@ def finetune(
         "metric": spec.metric,
         "labels": list(spec.labels),
         "method": method.name,
-        "start": "none"
-        if method.name in ("tfidf", "embeddings")
-        else (cfg.model.init_from or f"preset:{cfg.model.preset}"),  # probe: its encoder
-        "from_scratch": method.name not in ("tfidf", "embeddings") and bool(cfg.model.from_scratch),
+        "start": (cfg.model.init_from or f"preset:{cfg.model.preset}") if method.uses_model else "none",
+        "from_scratch": method.uses_model and bool(cfg.model.from_scratch),
         "seed": cfg.train.seed,
         "precision": resolve_precision(cfg.train.precision) if accelerator is not None else None,
         "budget_seed": data.info["budget_seed"],
@@ -434,14 +421,12 @@ def finetune(
     return metrics
 
 
-def _fit_tfidf(
-    cfg, data: TaskData, run: RunDir, name: str = "tfidf", probe_start: dict | None = None
-) -> dict:
-    """``tfidf``, ``embeddings`` or ``probe``: features + logistic regression, C chosen on the dev split."""
-    from lmvalue.methods import embeddings, probe, tfidf
+def _fit_classical(cfg, data: TaskData, run: RunDir, method: Method, extra: dict) -> dict:
+    """A ``classical`` method (tfidf, embeddings, probe): features + logistic regression, C chosen on
+    the dev split, fitted by the method's ``trainer``."""
+    from lmvalue.methods import tfidf
 
-    trainer = {"embeddings": embeddings, "probe": probe}.get(name, tfidf)
-
+    trainer, name = method.trainer, method.name
     spec = data.spec
 
     def dev_score(pipe, examples):
@@ -451,38 +436,13 @@ def _fit_tfidf(
         return scores[spec.metric], -scores["loss"]
 
     t0, c0 = time.perf_counter(), time.process_time()
-    extra = {**probe_start, "max_length": cfg.data.max_length} if name == "probe" else {}
     pipe, fit_info = trainer.train(data.train, data.dev, spec, cfg.method, cfg.train.seed, dev_score, **extra)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     task = TaskModel(spec=spec, pipeline=pipe)
     dev_scores = score(task, data.dev) if data.dev else {}
     test_scores = score(task, data.test, out_dir=run.path, name="test")  # the one look at the test set
     n = tfidf.n_parameters(pipe)
-    if name == "tfidf":
-        log.info(
-            "tfidf: %s n-grams %s, %d features, C=%g",
-            fit_info["analyzer"],
-            fit_info["ngram_range"],
-            fit_info["features"],
-            fit_info["C"],
-        )
-    elif name == "probe":
-        log.info(
-            "probe: %d features (%s layers) of %s, C=%g",
-            fit_info["dim"],
-            fit_info["layers"],
-            fit_info["encoder"],
-            fit_info["C"],
-        )
-    else:
-        log.info(
-            "embeddings: %d words x %d dims (%s), %.0f%% of training inputs covered, C=%g",
-            fit_info["words"],
-            fit_info["dim"],
-            fit_info["segmentation"],
-            100 * fit_info["coverage"],
-            fit_info["C"],
-        )
+    log.info("%s: %s", name, trainer.describe(fit_info))
     result = {
         "test_scores": test_scores,
         "dev_scores": dev_scores,
@@ -497,7 +457,7 @@ def _fit_tfidf(
     if cfg.train.save_model:
 
         def write(folder: Path):
-            (probe if name == "probe" else tfidf).save(pipe, folder)
+            trainer.save(pipe, folder)
             save_task_folder(folder, cfg, spec, name)
 
         result["model_dir"] = str(run.write_dir_atomic("model", write))

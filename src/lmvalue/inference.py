@@ -222,42 +222,17 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     method_info = read_json(folder / METHOD_FILE) if (folder / METHOD_FILE).is_file() else {}
     name = method_info.get("name", "full")
     max_length = int(method_info.get("max_length", 128))
-    if name in ("tfidf", "embeddings", "probe"):
-        from lmvalue.methods import probe, tfidf
+    from lmvalue.methods import get_method
 
-        pipeline = (probe if name == "probe" else tfidf).load(folder)
-        return TaskModel(spec=TaskSpec.load(folder), pipeline=pipeline, batch_size=batch_size)
-    if name == "in-context":
-        from transformers import AutoModelForCausalLM
-
-        from lmvalue.prompting.incontext import InContextScorer
-        from lmvalue.prompting.scorer import DEMOS_FILE, PROMPT_FILE, PromptSpec
-
-        demos = [json.loads(line) for line in (folder / DEMOS_FILE).read_text(encoding="utf-8").splitlines()]
-        scorer = InContextScorer(
-            from_pretrained(AutoModelForCausalLM, folder).eval(),
-            load_tokenizer(folder),
-            PromptSpec.load(folder / PROMPT_FILE),
-            demos,
-            max_length=max_length,
-            calibrate=bool(method_info.get("config", {}).get("calibrate", False)),
+    method = get_method(name)
+    if method.family == "classical":
+        return TaskModel(
+            spec=TaskSpec.load(folder), pipeline=method.trainer.load(folder), batch_size=batch_size
         )
-        scorer.demos = demos  # saved in their prompt order
-        return TaskModel(spec=TaskSpec.load(folder), cloze=scorer, batch_size=batch_size)
-    if name in ("zero-shot", "pet"):
-        from transformers import AutoModelForMaskedLM
+    if method.family == "prompt":
+        from lmvalue.prompting import load_scorer
 
-        from lmvalue.prompting.scorer import PROMPT_FILE, ClozeScorer, PromptSpec
-
-        model = from_pretrained(AutoModelForMaskedLM, folder).eval()
-        scorer = ClozeScorer(
-            model,
-            load_tokenizer(folder),
-            PromptSpec.load(folder / PROMPT_FILE),
-            max_length=max_length,
-            batch_size=batch_size,
-            calibrate=name == "zero-shot" and bool(method_info.get("config", {}).get("calibrate", False)),
-        )
+        scorer = load_scorer(folder, name, method_info, max_length=max_length, batch_size=batch_size)
         return TaskModel(spec=TaskSpec.load(folder), cloze=scorer, batch_size=batch_size)
 
     if (folder / "adapter_config.json").is_file() and not (folder / "base").is_dir():

@@ -46,7 +46,13 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["TOKENIZER_KINDS", "train_tokenizer", "load_tokenizer", "check_vocab_matches"]
+__all__ = [
+    "TOKENIZER_KINDS",
+    "train_tokenizer",
+    "load_tokenizer",
+    "load_padding_tokenizer",
+    "check_vocab_matches",
+]
 
 TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
 
@@ -780,6 +786,23 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
             f"did not provide it ({err}). Check the name (and that you are online, or that it is cached), "
             "or " + _TRAIN_HINT.format(path="DIR")
         ) from err
+
+
+def load_padding_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
+    """:func:`load_tokenizer`, with the end-of-text token as padding when it has no padding token
+    (GPT-2 style), so batches of a task can be padded.
+
+    Raises:
+        LmvalueError: it has neither a padding nor an end-of-text token.
+    """
+    tokenizer = load_tokenizer(path_or_name)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise LmvalueError(
+                "the tokenizer has neither a padding nor an end-of-text token to pad batches with"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def check_vocab_matches(tokenizer: PreTrainedTokenizerBase, model_config: Any) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmvalue.methods import adapters, peft_methods, prefix
+from lmvalue.methods import adapters, embeddings, peft_methods, prefix, probe, tfidf
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ class Method:
         on_step: ``(model, step)`` after every optimizer step, before gradients are cleared.
         finalize: ``model`` once after training, before the final evaluation and saving.
         prepends_tokens: the outputs include virtual tokens in front of the input (prompt tuning).
+        family: ``network`` (a task model trained through ``apply``), ``classical`` (features +
+            logistic regression, fitted by ``trainer``) or ``prompt`` (a language model asked a cloze
+            or in-context question, :mod:`lmvalue.prompting`).
+        trainer: for ``classical`` methods, the module that fits, describes, saves and loads them
+            (``prepare(cfg)``, ``train(...)``, ``describe(info)``, ``save(pipe, folder)``, ``load(folder)``).
+        uses_model: it starts from a checkpoint or preset (``model.*`` settings apply).
+        needs_encoder: it reads an existing pretrained encoder (no ``model.from_scratch``).
     """
 
     name: str
@@ -54,6 +61,15 @@ class Method:
     on_step: Callable | None = None
     finalize: Callable | None = None
     prepends_tokens: bool = False
+    family: str = "network"
+    trainer: object = None
+    uses_model: bool = True
+    needs_encoder: bool = False
+
+    @property
+    def headless(self) -> bool:
+        """No network task head: ``model.pooling`` / ``model.reinit_layers`` do not apply."""
+        return self.family != "network"
 
     @property
     def can_merge(self) -> bool:
@@ -62,7 +78,7 @@ class Method:
     @property
     def keeps_base(self) -> bool:
         """The saved folder holds only the trained part, plus the base model in ``base/``."""
-        return self.apply is not None and self.name != "full"
+        return self.family == "network" and self.name != "full"
 
 
 def _full(model, cfg, ctx):
@@ -125,26 +141,48 @@ METHODS: dict[str, Method] = {
         save=adapters.save,
         load=adapters.load,
     ),
-    "tfidf": Method("tfidf", "TF-IDF n-grams + logistic regression (scikit-learn)", apply=None),
+    "tfidf": Method(
+        "tfidf",
+        "TF-IDF n-grams + logistic regression (scikit-learn)",
+        apply=None,
+        family="classical",
+        trainer=tfidf,
+        uses_model=False,
+    ),
     "embeddings": Method(
         "embeddings",
         "word2vec vectors learned from unlabeled text, averaged + logistic regression",
         apply=None,
+        family="classical",
+        trainer=embeddings,
+        uses_model=False,
     ),
     "probe": Method(
         "probe",
         "a frozen encoder's mean-pooled hidden states + logistic regression (linear probe)",
         apply=None,
+        family="classical",
+        trainer=probe,
+        needs_encoder=True,
     ),
     # Prompt methods ask a masked LM the task as a cloze question (lmvalue.prompting).
     "zero-shot": Method(
-        "zero-shot", "cloze prompt of the masked LM, no training (labels only score it)", apply=None
+        "zero-shot",
+        "cloze prompt of the masked LM, no training (labels only score it)",
+        apply=None,
+        family="prompt",
     ),
-    "pet": Method("pet", "cloze prompt whose label-word scores are trained on the budget (PET)", apply=None),
+    "pet": Method(
+        "pet",
+        "cloze prompt whose label-word scores are trained on the budget (PET)",
+        apply=None,
+        family="prompt",
+    ),
     "in-context": Method(
         "in-context",
         "causal LM prompted with the budget's examples as demonstrations, no training",
         apply=None,
+        family="prompt",
     ),
 }
 

@@ -203,3 +203,14 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
         coverage=float(np.mean([np.any(row) for row in x])),
     )
     return best, info
+
+
+# the fitted pipeline is a scikit-learn one, saved and loaded like TF-IDF's
+from lmvalue.methods.tfidf import load, prepare, save  # noqa: E402, F401
+
+
+def describe(info: dict) -> str:
+    return (
+        f"{info['words']} words x {info['dim']} dims ({info['segmentation']}), "
+        f"{100 * info['coverage']:.0f}% of training inputs covered, C={info['C']:g}"
+    )

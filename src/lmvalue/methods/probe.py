@@ -186,3 +186,20 @@ def load(folder: Path) -> ProbeClassifier:
     features = pipe.named_steps["features"]
     features.encoder = str(Path(folder) / features.encoder)
     return pipe
+
+
+def prepare(cfg) -> dict:
+    """The encoder and its tokenizer, resolved before anything is written (a bad checkpoint fails here)."""
+    from lmvalue.tokenizer import load_tokenizer
+    from lmvalue.weights import resolve_checkpoint
+
+    encoder = resolve_checkpoint(cfg.model.init_from)
+    return {
+        "encoder": encoder,
+        "tokenizer": load_tokenizer(cfg.model.tokenizer or encoder),
+        "max_length": cfg.data.max_length,
+    }
+
+
+def describe(info: dict) -> str:
+    return f"{info['dim']} features ({info['layers']} layers) of {info['encoder']}, C={info['C']:g}"

@@ -103,3 +103,12 @@ def load(folder: Path):
     import joblib
 
     return joblib.load(Path(folder) / MODEL_FILE)
+
+
+def prepare(cfg) -> dict:
+    """Extra arguments of :func:`train`, checked before anything is written: none."""
+    return {}
+
+
+def describe(info: dict) -> str:
+    return f"{info['analyzer']} n-grams {info['ngram_range']}, {info['features']} features, C={info['C']:g}"

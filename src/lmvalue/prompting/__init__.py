@@ -53,6 +53,7 @@ __all__ = [
     "check_masked_lm_start",
     "evaluate_zero_shot",
     "fit_positions",
+    "load_scorer",
     "load_masked_lm",
     "masked_lm_weights",
     "parse_verbalizer",
@@ -137,3 +138,36 @@ def evaluate_zero_shot(
 
 
 # --- prompts as fine-tuning methods: zero-shot and PET -------------------------------------------
+
+
+def load_scorer(folder: Path, name: str, method_info: dict, *, max_length: int, batch_size: int):
+    """The scorer saved in a prompt method's model folder (``zero-shot``, ``pet``, ``in-context``)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from lmvalue.tokenizer import load_tokenizer
+    from lmvalue.weights import from_pretrained
+
+    calibrate = bool(method_info.get("config", {}).get("calibrate", False))
+    if name == "in-context":
+        lines = (folder / DEMOS_FILE).read_text(encoding="utf-8").split("\n")
+        demos = [json.loads(line) for line in lines if line.strip()]
+        scorer = InContextScorer(
+            from_pretrained(AutoModelForCausalLM, folder).eval(),
+            load_tokenizer(folder),
+            PromptSpec.load(folder / PROMPT_FILE),
+            demos,
+            max_length=max_length,
+            calibrate=calibrate,
+        )
+        scorer.demos = demos  # saved in their prompt order
+        return scorer
+    return ClozeScorer(
+        from_pretrained(AutoModelForMaskedLM, folder).eval(),
+        load_tokenizer(folder),
+        PromptSpec.load(folder / PROMPT_FILE),
+        max_length=max_length,
+        batch_size=batch_size,
+        calibrate=name == "zero-shot" and calibrate,  # PET learns its own biases
+    )

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import lmvalue
-from lmvalue.config import HEADLESS_METHODS, MODEL_PRESETS
+from lmvalue.config import MODEL_PRESETS
 from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.files import write_text_atomic
 from lmvalue.value.overlap import describe_overlap, text_overlap
@@ -156,9 +156,9 @@ def parse_arm(spec: str) -> Arm:
         raise ConfigError(f"arm {spec!r} needs an argument, e.g. {hint[kind]}")
     if kind in NO_NETWORK and method:
         raise ConfigError(f"arm {spec!r}: {kind} has no fine-tuning method")
-    if kind == "scratch" and method == "probe":
+    if kind == "scratch" and method and METHODS[method].needs_encoder:
         raise ConfigError(
-            f"arm {spec!r}: a probe reads a pretrained encoder's features; use it on pretrained:, "
+            f"arm {spec!r}: a {method} reads a pretrained encoder's features; use it on pretrained:, "
             "checkpoint: or continued: arms (e.g. pretrained:mlm/probe)"
         )
     if kind == "prompt":
@@ -801,7 +801,9 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
         and not {"train.lr", "train.lr_search"} & set(cfg.finetune_overrides)
     ):
         overrides.update(RECIPE_FINETUNE)
-    if arm.method in HEADLESS_METHODS:
+    from lmvalue.methods import METHODS
+
+    if METHODS[arm.method].headless:
         for key in HEAD_OPTIONS:  # options of a task head: these arms have none
             overrides.pop(key, None)
     if arm.kind == "tfidf":
