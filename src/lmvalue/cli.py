@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--arms",
         nargs="+",
         default=["scratch", "pretrained:mlm", "tfidf", "embeddings"],
-        help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, embeddings, "
+        help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, nbsvm, embeddings, "
         "prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora; one arm's own "
         "pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64 "
         "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000)",

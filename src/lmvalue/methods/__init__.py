@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmvalue.methods import adapters, embeddings, peft_methods, prefix, probe, tfidf
+from lmvalue.methods import adapters, embeddings, nbsvm, peft_methods, prefix, probe, tfidf
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,14 @@ METHODS: dict[str, Method] = {
         apply=None,
         family="classical",
         trainer=tfidf,
+        uses_model=False,
+    ),
+    "nbsvm": Method(
+        "nbsvm",
+        "binary n-grams x naive-Bayes log-count ratios + logistic regression (NB-LR, Wang & Manning 2012)",
+        apply=None,
+        family="classical",
+        trainer=nbsvm,
         uses_model=False,
     ),
     "embeddings": Method(

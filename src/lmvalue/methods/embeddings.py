@@ -188,7 +188,9 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     grid = list(cfg.tfidf_c) if dev else [1.0]
     best, best_score, scores = None, (-np.inf,), {}
     for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, labels)
+        clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed).fit(
+            x, labels
+        )
         pipe = VectorClassifier(features, clf)
         s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
         scores[str(c)] = s[0]

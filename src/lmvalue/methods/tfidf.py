@@ -42,7 +42,7 @@ def build(texts: list[str], cfg, c: float, seed: int):
         analyzer = "char" if cjk_share(texts) > 0.5 else "word"
     ngrams = tuple(cfg.tfidf_ngrams or (1, 2))
     vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)
-    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
     return Pipeline([("tfidf", vectorizer), ("logreg", clf)])
 
 

@@ -18,6 +18,8 @@ Arms (``name[/method]``, method one of the fine-tuning methods, default ``full``
 * ``checkpoint:<path-or-hub-name>`` — an existing checkpoint as it is;
 * ``continued:<path-or-hub-name>`` — that checkpoint after continued pretraining on the corpus;
 * ``tfidf`` — TF-IDF + logistic regression;
+* ``nbsvm`` — binary n-grams scaled by naive-Bayes log-count ratios + logistic regression (NB-LR,
+  Wang & Manning 2012): the strong label-only baseline;
 * ``embeddings`` — word2vec vectors learned from the corpus, averaged + logistic regression (the
   cheapest way unlabeled text can pay);
 * ``prompt:zero`` / ``prompt:pet`` — cloze prompting of the ``pretrained:mlm`` model.
@@ -51,8 +53,10 @@ from lmvalue.value.report import summarize, verdict, write_report
 
 log = logging.getLogger("lmvalue")
 
-ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", "tfidf", "embeddings", "prompt")
-NO_NETWORK = ("tfidf", "embeddings")
+# Classical baselines that learn from the labeled texts alone; embeddings also learns from the corpus.
+LABEL_ONLY = ("tfidf", "nbsvm")
+NO_NETWORK = (*LABEL_ONLY, "embeddings")
+ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", *NO_NETWORK, "prompt")
 # prompt:zero / prompt:pet ask the study's own masked LM (the pretrained:mlm arm's pretraining) a
 # cloze question; any other starting point takes the method as a suffix, e.g. checkpoint:NAME/pet.
 PROMPT_ARMS = {"zero": "zero-shot", "pet": "pet"}
@@ -697,7 +701,7 @@ def prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict, registr
 
 
 def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dict:
-    if arm.kind == "tfidf":
+    if arm.kind in LABEL_ONLY:
         return {}
     if arm.kind == "embeddings":  # the vectors are learned once here (and cached) for every cell
         from lmvalue.config import FinetuneConfig, build_config
@@ -806,7 +810,7 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
     if METHODS[arm.method].headless:
         for key in HEAD_OPTIONS:  # options of a task head: these arms have none
             overrides.pop(key, None)
-    if arm.kind == "tfidf":
+    if arm.kind in LABEL_ONLY:
         return overrides
     if arm.kind == "embeddings":
         overrides["method.vectors"] = state["vectors"]
