@@ -18,7 +18,14 @@ from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.data.sources import load_labeled
 from lmvalue.finetune import finetune
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = next(
+    (
+        p
+        for p in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data"))
+        if p.is_dir()
+    ),
+    Path("../shared/data"),
+)
 
 
 def cell(pool, test, method, budget, seed):

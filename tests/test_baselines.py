@@ -3,15 +3,15 @@ majority class on a balanced budget."""
 
 import random
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.test_probe import _shared_data
 
 from lmvalue.config import FinetuneConfig, MethodConfig, build_config
 from lmvalue.finetune import finetune
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = _shared_data()
 
 
 def cell(examples, test, method, budget, seed, **extra):
