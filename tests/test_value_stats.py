@@ -219,3 +219,20 @@ def test_verdict_judges_the_embeddings_and_prompt_arms_against_scratch_and_tfidf
     assert "embeddings: word vectors learned from 7 MB of reviews is worth" in text
     assert "prompt:zero did not beat training from scratch at 100 labels" in text
     assert "Against the TF-IDF baseline at 100 labels, embeddings is +6.0 points" in text
+
+
+def test_verdict_judges_unlabeled_text_against_the_strongest_label_only_baseline():
+    cells = _cells(
+        {
+            "scratch": {10: [0.50, 0.52, 0.51], 100: [0.60, 0.61, 0.59]},
+            "pretrained:mlm": {10: [0.60, 0.62, 0.61], 100: [0.70, 0.71, 0.72]},
+            "tfidf": {10: [0.55, 0.55, 0.55], 100: [0.65, 0.64, 0.66]},
+            "nbsvm": {10: [0.58, 0.57, 0.58], 100: [0.69, 0.70, 0.71]},
+        }
+    )
+    text = verdict(summarize(cells))
+    assert (
+        "Against the strongest label-only baseline (NB-LR, accuracy 70.0) at 100 labels, pretrained:mlm is +1.0"
+        in text
+    )
+    assert "TF-IDF baseline" not in text

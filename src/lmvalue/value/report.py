@@ -22,7 +22,10 @@ from lmvalue.value.stats import (
     round_up,
 )
 
-BASELINES = ("scratch", "tfidf")
+BASELINES = ("scratch", "tfidf", "nbsvm")
+# The baselines that learn from the labels alone: every arm that uses unlabeled text is judged against the
+# strongest of them that the study ran.
+LABEL_ONLY = {"tfidf": "TF-IDF", "nbsvm": "NB-LR"}
 # Arms that draw on unlabeled text (or a model pretrained on some): the verdict judges each against scratch.
 UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings")
 
@@ -248,14 +251,26 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         elif compared and not paying:
             s += "; the gain is within noise at every budget (no interval excludes zero)"
         sentences.append(s + ".")
+    strongest: dict[str, tuple] = {}  # arm -> (baseline mean, baseline, diff) at the focus budget
     for comp in summary["comparisons"]:
-        if comp["baseline"] == "tfidf" and comp["arm"].startswith(UNLABELED_ARMS):
+        if comp["baseline"] in LABEL_ONLY and comp["arm"].startswith(UNLABELED_ARMS):
             rows = {r["budget"]: r for r in comp["budgets"]}
             if focus_budget in rows and rows[focus_budget]["diff"]:
-                d = rows[focus_budget]["diff"]
-                sentences.append(
-                    f"Against the TF-IDF baseline at {focus_budget} labels, {comp['arm']} is {d[0] * 100:+.1f} points."
-                )
+                r = rows[focus_budget]
+                candidate = (r["baseline_mean"] or 0.0, comp["baseline"], r["diff"])
+                if comp["arm"] not in strongest or candidate[0] > strongest[comp["arm"]][0]:
+                    strongest[comp["arm"]] = candidate
+    ran = sorted({c["baseline"] for c in summary["comparisons"] if c["baseline"] in LABEL_ONLY})
+    for arm, (mean, base, d) in strongest.items():
+        which = (
+            f"the {LABEL_ONLY[base]} baseline"
+            if len(ran) == 1
+            else f"the strongest label-only baseline ({LABEL_ONLY[base]}, {metric} {mean * 100:.1f})"
+        )
+        sentences.append(
+            f"Against {which} at {focus_budget} labels, {arm} is {d[0] * 100:+.1f} points "
+            f"(95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f})."
+        )
     if not sentences:
         failed = [f["what"] for f in summary.get("failures", []) if f["what"].endswith("preparing the arm")]
         why = f" ({'; '.join(failed)} failed: see Failures)" if failed else ""
