@@ -181,3 +181,83 @@ def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_t
     ):
         with pytest.raises(ConfigError, match=match):
             build_config(FinetuneConfig, overrides={"model.init_from": "x", **bad})
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_lp_ft_head_is_the_logistic_regression_fitted_on_the_frozen_features(n_classes):
+    """LP-FT's first stage: the head's softmax reproduces the fitted regression's probabilities on the
+    very features the head reads (binary: ±(w·x+b)/2; multi-class: the rows as they are)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from lmvalue.finetune import fit_probe_head
+
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=n_classes,
+        )
+    )
+    gen = torch.Generator().manual_seed(0)
+    items, labels = [], []
+    for i in range(60):
+        label = i % n_classes
+        n = 4 + i % 5
+        ids = torch.randint(5, 100, (n,), generator=gen)
+        ids[1] = 10 + label  # a token that tells the class
+        items.append({"input_ids": ids.numpy(), "labels": label})
+        labels.append(label)
+    model.train()
+    info = fit_probe_head(model, items, labels, n_classes, pad_id=0, seed=0)
+    assert model.training  # the mode it was in
+    assert info["features"] == 32
+    model.eval()
+    with torch.no_grad():
+        feats, logits = [], []
+        hook = model.classifier.register_forward_hook(lambda m, i, o: feats.append(i[0]))
+        for it in items:
+            logits.append(model(input_ids=torch.as_tensor(it["input_ids"])[None]).logits[0])
+        hook.remove()
+    x = torch.cat(feats).numpy()
+    clf = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced", random_state=0).fit(x, labels)
+    probs = torch.softmax(torch.stack(logits), -1).numpy()
+    assert abs(probs - clf.predict_proba(x)).max() < 1e-4
+    assert info["train_accuracy"] == pytest.approx(clf.score(x, labels))
+
+
+def test_lp_ft_fine_tuning_starts_from_the_first_stages_head(char_tokenizer_dir, tmp_path):
+    """With a zero learning rate, the model fine-tuning returns is its starting point: with
+    model.head_init=probe its head is the regression fitted on the frozen features; without, zero."""
+    from lmvalue.finetune import finetune
+
+    examples = _reviews()
+    over = {
+        **_tiny_run(char_tokenizer_dir, tmp_path),
+        "model.pooling": "mean",  # a random model's [CLS] state barely differs between inputs; the mean does
+        "train.lr": 1e-12,
+        "train.max_steps": 2,
+        "train.min_steps": 2,
+    }
+    probe = finetune(
+        build_config(FinetuneConfig, overrides={**over, "model.head_init": "probe"}),
+        train_examples=examples[:600],
+        keep_model=True,
+    )
+    head = probe["task_model"].model.classifier.weight
+    assert probe["head_probe"]["train_accuracy"] > 0.6
+    assert float(head.abs().max()) > 1e-3
+    over["train.overwrite"] = True
+    zero = finetune(
+        build_config(FinetuneConfig, overrides=over), train_examples=examples[:600], keep_model=True
+    )
+    assert float(zero["task_model"].model.classifier.weight.abs().max()) < 1e-6
+    # the loop's first evaluation (step 0, before any update) already sees the fitted head: it tells
+    # the classes apart, where the zero head predicts one class for everything
+    assert probe["evals"][0]["step"] == 0 and zero["evals"][0]["step"] == 0
+    assert probe["evals"][0]["eval_predicted_classes"] == 2 and zero["evals"][0]["eval_predicted_classes"] == 1
+    assert zero["head_probe"] is None
+    with pytest.raises(ConfigError, match="head_init"):
+        build_config(FinetuneConfig, overrides={"model.init_from": "x", "model.head_init": "linear"})

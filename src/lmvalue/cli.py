@@ -213,6 +213,10 @@ def cmd_value(args):
             **({"method.prompt": args.prompt} if args.prompt else {}),
             **_study_overrides(args.finetune, "--finetune"),
         },
+        unlabeled_max=args.unlabeled_max,
+        self_train_rounds=args.self_train_rounds,
+        self_train_fractions=args.self_train_fractions,
+        distill_epochs=args.distill_epochs,
         resume=args.resume,
         overwrite=args.overwrite,
     )
@@ -509,7 +513,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, nbsvm, embeddings, "
         "prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora; one arm's own "
         "pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64 "
-        "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000)",
+        "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000); "
+        "ARM+self self-trains an arm on the corpus (embeddings+self, nbsvm+self, pretrained:mlm+self); "
+        "distill:TEACHER trains the study's pretrained transformer on TEACHER's pseudo-labels "
+        "(distill:embeddings+self)",
+    )
+    p.add_argument(
+        "--unlabeled-max",
+        type=int,
+        default=20_000,
+        help="+self and distill: arms pseudo-label at most this many corpus texts, a seeded sample (default 20000)",
+    )
+    p.add_argument(
+        "--self-train-rounds",
+        type=int,
+        default=3,
+        help="at most this many self-training rounds; each cell keeps the best on its dev split (default 3)",
+    )
+    p.add_argument(
+        "--self-train-fractions",
+        nargs="+",
+        type=float,
+        default=[0.1, 0.3, 1.0],
+        help="shares of the unlabeled pool offered as pseudo-labels in each round, most confident first; "
+        "each cell keeps the best on its dev split (default 0.1 0.3 1.0)",
+    )
+    p.add_argument(
+        "--distill-epochs",
+        type=float,
+        default=1.0,
+        help="passes of a distill: student over labels + pseudo-labels (default 1)",
     )
     p.add_argument(
         "--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)"

@@ -299,6 +299,11 @@ class FinetuneModelConfig(ModelConfig):
     reinit_layers: int = _f(
         0, "re-initialise the top N encoder layers and the pooler before fine-tuning (0: keep all)"
     )
+    head_init: str = _f(
+        "zero",
+        "sentence tasks: zero (a new head starts at zero) | probe (LP-FT, Kumar et al. 2022: the head starts "
+        "as a logistic regression fitted on the frozen features it reads, then everything is fine-tuned)",
+    )
 
 
 @dataclass
@@ -554,6 +559,10 @@ class FinetuneConfig:
         if self.model.pooling not in ("cls", "mean"):
             out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")
         headless = method is not None and method.headless
+        if self.model.head_init not in ("zero", "probe"):
+            out.append(f"model.head_init={self.model.head_init!r} must be zero or probe")
+        elif self.model.head_init == "probe" and headless:
+            out.append(f"model.head_init=probe fits a task head; method {self.method.name} has none")
         if self.model.reinit_layers < 0:
             out.append(f"model.reinit_layers={self.model.reinit_layers} must be >= 0")
         if headless and (self.model.pooling != "cls" or self.model.reinit_layers):

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +51,7 @@ from lmvalue.models import check_vocab, count_parameters, forward_parameters, pr
 from lmvalue.prompting.scorer import check_masked_lm_start, resolve_prompt
 from lmvalue.prompting.training import fit_prompt
 from lmvalue.tasks import TaskSpec, build_spec, infer_kind, list_some
-from lmvalue.tasks.encode import LabeledBatches, encode, model_inputs
+from lmvalue.tasks.encode import LabeledBatches, collate, encode, model_inputs
 from lmvalue.tasks.metrics import summary
 from lmvalue.tasks.pooling import reinit_top_layers, set_pooling
 from lmvalue.transfer import run_steps, save_task_folder
@@ -290,6 +291,65 @@ def build_task_model(
     return model
 
 
+def task_head(model) -> torch.nn.Linear:
+    """The output layer of a ``*ForSequenceClassification`` model (``classifier`` or ``score``)."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("classifier", "score") and isinstance(module, torch.nn.Linear):
+            return module
+    raise ConfigError(f"{type(model).__name__} has no linear task head (classifier/score) to fit")
+
+
+def fit_probe_head(
+    model, items: list[dict], labels: list[int], n_classes: int, pad_id: int, seed: int
+) -> dict:
+    """LP-FT's first stage (Kumar et al. 2022): fit the task head as a logistic regression on the frozen
+    features it reads (its input, captured in eval mode: the pooled sentence vector), and copy it in.
+
+    Fine-tuning then starts from a head that already reads what pretraining learned, instead of a zero
+    head whose first gradients rewrite the encoder. A binary regression ``w·x + b`` becomes the logits
+    ``±(w·x + b)/2`` (their softmax is the regression's sigmoid); a class absent from the labels keeps a
+    zero row and the lowest bias.
+
+    Returns:
+        {"train_accuracy", "features"}: how well the fitted head fits its training split.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    head = task_head(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].detach().float().cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(items), 64):  # in order: row i is item i
+                batch = collate(items[start : start + 64], pad_id)
+                model(**model_inputs(batch))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    x = torch.cat(captured).numpy()
+    y = np.asarray(labels)
+    clf = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced", random_state=seed).fit(x, y)
+    weight = np.zeros((n_classes, x.shape[1]))
+    bias = np.zeros(n_classes)
+    classes = [int(c) for c in clf.classes_]
+    if len(classes) == 2:
+        weight[classes[1]], bias[classes[1]] = clf.coef_[0] / 2, clf.intercept_[0] / 2
+        weight[classes[0]], bias[classes[0]] = -clf.coef_[0] / 2, -clf.intercept_[0] / 2
+    else:
+        for row, c in enumerate(classes):
+            weight[c], bias[c] = clf.coef_[row], clf.intercept_[row]
+    absent = [c for c in range(n_classes) if c not in classes]
+    if absent:
+        bias[absent] = bias[classes].min() - 1.0
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        if head.bias is not None:
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return {"train_accuracy": float(clf.score(x, y)), "features": int(x.shape[1])}
+
+
 def _zero_head(model) -> None:
     for name, module in model.named_modules():
         if name.split(".")[-1] in ("classifier", "score") and isinstance(module, torch.nn.Linear):
@@ -331,7 +391,13 @@ def llrd_groups(model: torch.nn.Module, decay: float, weight_decay: float) -> li
 
 
 def finetune(
-    cfg: FinetuneConfig, *, train_examples: list[dict] | None = None, test_examples: list[dict] | None = None
+    cfg: FinetuneConfig,
+    *,
+    train_examples: list[dict] | None = None,
+    test_examples: list[dict] | None = None,
+    extra_train: list[dict] | None = None,
+    score_test: bool = True,
+    keep_model: bool = False,
 ) -> dict:
     """Fine-tune (or fit the TF-IDF baseline) as configured; score the test split once; save.
 
@@ -340,6 +406,12 @@ def finetune(
         train_examples: labeled examples in memory instead of ``data.source`` (the pool the test split
             is carved from, unless ``test_examples`` or ``data.test`` is given).
         test_examples: a test split in memory instead of ``data.test`` / the carved one.
+        extra_train: examples added to the training split after the budget and its dev split are
+            drawn (pseudo-labels of a teacher, for self-training): the dev split stays gold.
+        score_test: ``False`` leaves the test split unscored (``test`` is empty): a candidate that
+            a recipe may discard is selected on its dev split alone.
+        keep_model: also return the trained model in memory (``task_model``, an
+            :class:`~lmvalue.inference.TaskModel`) and the split (``task_data``); neither is saved.
 
     Returns:
         the metrics also written to ``metrics.json``: ``test_score`` / ``dev_score`` (the task's
@@ -355,6 +427,12 @@ def finetune(
     torch.set_flush_denormal(True)
     method = get_method(cfg.method.name)
     data = load_task_data(cfg, train_examples=train_examples, test_examples=test_examples)
+    if extra_train:
+        _check_examples(extra_train, data.spec.kind, "the extra training examples given")
+        data.train = data.train + list(extra_train)
+        data.info["extra_train"] = len(extra_train)
+    if not score_test:
+        data.test = []
     if cfg.train.lr_search and method.apply is not None and not data.dev:
         raise ConfigError(
             "train.lr_search picks the learning rate on the dev split, but the budget left none; raise "
@@ -393,6 +471,7 @@ def finetune(
             mark_failed(run, e)
         raise
     spec = data.spec
+    task_model = result.pop("task_model")
     test, dev = result.pop("test_scores"), result.pop("dev_scores")
     metrics = {
         "task": spec.kind,
@@ -418,6 +497,8 @@ def finetune(
     }
     if main:
         finish_run(run, metrics, [d for d in (metrics.get("model_dir"), metrics.get("merged_dir")) if d])
+    if keep_model:
+        metrics.update(task_model=task_model, task_data=data)
     return metrics
 
 
@@ -440,10 +521,12 @@ def _fit_classical(cfg, data: TaskData, run: RunDir, method: Method, extra: dict
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     task = TaskModel(spec=spec, pipeline=pipe)
     dev_scores = score(task, data.dev) if data.dev else {}
-    test_scores = score(task, data.test, out_dir=run.path, name="test")  # the one look at the test set
+    # the one look at the test set
+    test_scores = score(task, data.test, out_dir=run.path, name="test") if data.test else {}
     n = tfidf.n_parameters(pipe)
     log.info("%s: %s", name, trainer.describe(fit_info))
     result = {
+        "task_model": task,
         "test_scores": test_scores,
         "dev_scores": dev_scores,
         "trainable_params": n,
@@ -497,6 +580,22 @@ def _train_network(
         # The untouched base (with its untrained head) goes beside the adapter at the end.
         model.save_pretrained(base_dir, safe_serialization=True)
         tokenizer.save_pretrained(base_dir)
+    probe_info = None
+    if cfg.model.head_init == "probe":
+        if spec.level == "token":
+            raise ConfigError("model.head_init=probe is for sentence tasks; tagging reads every token")
+        probe_info = fit_probe_head(
+            model,
+            train_items,
+            [it["labels"] for it in train_items],
+            len(spec.labels),
+            tokenizer.pad_token_id,
+            cfg.train.seed,
+        )
+        if main:
+            log.info(
+                "LP-FT: head fitted on frozen features (train accuracy %.3f)", probe_info["train_accuracy"]
+            )
     model = method.apply(model, cfg.method, MethodContext(level=spec.level, total_steps=steps))
     trainable, total = count_parameters(model)
     n_fwd, n_fwd_trainable = forward_parameters(model)
@@ -583,6 +682,7 @@ def _train_network(
             state.step * cfg.train.batch_size * world * cfg.train.grad_accum / max(1, len(train_items)), 2
         ),
         "train_tokens": state.tokens,
+        "head_probe": probe_info,
         "stop_reason": state.stop_reason,
         "best_step": state.best_step,
         "evals": state.evals,
@@ -599,7 +699,12 @@ def _finish_network(
     spec, result, final, tokenizer = data.spec, trained["result"], trained["final"], trained["tokenizer"]
     main = accelerator.is_main_process
     base_dir = trained["base_dir"]
-    result["test_scores"] = score(trained["task"], data.test, out_dir=run.path if main else None, name="test")
+    result["task_model"] = trained["task"]
+    result["test_scores"] = (
+        score(trained["task"], data.test, out_dir=run.path if main else None, name="test")
+        if data.test
+        else {}
+    )
     if cfg.train.save_model and main:
 
         def write(folder: Path):

@@ -9,6 +9,7 @@ given instead. The regularization strength is chosen on the dev split, as for ``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -26,12 +27,19 @@ VECTOR_SUFFIXES = (".kv", ".bin", ".vec", ".w2v")
 
 
 def words(text: str, cjk: bool) -> list[str]:
+    return list(_words(text, cjk))
+
+
+@functools.lru_cache(maxsize=200_000)
+def _words(text: str, cjk: bool) -> tuple[str, ...]:
+    # cached: self-training and every cell of a study read the same corpus texts again and again, and
+    # jieba's segmentation is the slow part of featurizing them
     if cjk:
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
-        return [w for w in jieba.lcut(text) if w.strip()]
-    return _WORD.findall(text.lower())
+        return tuple(w for w in jieba.lcut(text) if w.strip())
+    return tuple(_WORD.findall(text.lower()))
 
 
 def quiet_gensim() -> None:

@@ -184,7 +184,10 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
             result["lr_search"] = tried
     task = view(scorer)
     result["dev_scores"] = score(task, data.dev) if data.dev else {}
-    result["test_scores"] = score(task, data.test, out_dir=run.path if main else None, name="test")
+    result["task_model"] = task
+    result["test_scores"] = (
+        score(task, data.test, out_dir=run.path if main else None, name="test") if data.test else {}
+    )
     if cfg.train.save_model and main:
 
         def write(folder: Path):

@@ -27,7 +27,60 @@ BASELINES = ("scratch", "tfidf", "nbsvm")
 # strongest of them that the study ran.
 LABEL_ONLY = {"tfidf": "TF-IDF", "nbsvm": "NB-LR"}
 # Arms that draw on unlabeled text (or a model pretrained on some): the verdict judges each against scratch.
-UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings")
+UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings", "distill")
+
+
+def uses_unlabeled(arm: str) -> bool:
+    """Does the arm draw on unlabeled text: pretraining, word vectors, or pseudo-labels (``+self``)."""
+    return arm.endswith("+self") or arm.startswith(UNLABELED_ARMS)
+
+
+def what_paid(summary: dict) -> str | None:
+    """One sentence: at each budget, the use of the unlabeled text that scored highest, against the
+    strongest label-only baseline at that budget (scratch when the study ran none), with the paired
+    difference and the label-efficiency factor, each with its 95% interval."""
+    metric = summary["metric"]
+    rows: dict = defaultdict(dict)  # budget -> (arm, baseline) -> row
+    for comp in summary["comparisons"]:
+        if uses_unlabeled(comp["arm"]):
+            for r in comp["budgets"]:
+                if r.get("diff") and r.get("arm_mean") is not None and r.get("baseline_mean") is not None:
+                    rows[r["budget"]][(comp["arm"], comp["baseline"])] = r
+    ran = {b for per in rows.values() for (_, b) in per if b in LABEL_ONLY}
+    names = {**LABEL_ONLY, "scratch": "scratch"}
+    parts, paid = [], []
+    for budget in sorted(rows):
+        per = {k: r for k, r in rows[budget].items() if k[1] in (ran or {"scratch"})}
+        if not per:
+            continue
+        base_means: dict = {}
+        for (_, b), r in per.items():
+            base_means[b] = r["baseline_mean"]
+        base = max(sorted(base_means), key=lambda b: base_means[b])
+        arm, r = max(((a, r) for (a, b), r in per.items() if b == base), key=lambda x: x[1]["arm_mean"])
+        d = r["diff"]
+        gain = f"{d[0] * 100:+.1f} points (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f})"
+        if d[1] > 0 and r["arm_mean"] > r["baseline_mean"] + TIE:
+            paid.append(budget)
+            ci = f", 95% CI {r['ci_text']}" if r.get("ci_text") not in (None, "–") else ""
+            parts.append(
+                f"at {budget} labels {arm} ({metric} {r['arm_mean'] * 100:.1f}) beat {names[base]} "
+                f"({r['baseline_mean'] * 100:.1f}) by {gain}, {r['text']}{ci}"
+            )
+        else:
+            parts.append(
+                f"at {budget} labels nothing beat {names[base]} ({r['baseline_mean'] * 100:.1f}) beyond the noise "
+                f"(best: {arm}, {gain})"
+            )
+    if not parts:
+        return None
+    against = "the strongest label-only baseline" if ran else "scratch"
+    head = "What paid" if paid else "Nothing paid"
+    return (
+        f"{head} (the best use of the unlabeled text against {against} at each budget): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def curves_of(cells: list[dict], *, skip_one_class: bool = False) -> dict[str, dict[int, dict[int, float]]]:
@@ -175,9 +228,10 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
             )
     for arm, info in (arms_info or {}).items():
         comp = compute[arm]
-        comp["pretrain_s"] = info["info"].get("pretrain_seconds")
-        comp["pretrain_tokens"] = info["info"].get("pretrain_tokens")
-        comp["pretrain_steps"] = info["info"].get("pretrain_steps")
+        pre = info["info"].get("student") or info["info"]  # a distill: arm's transformer was pretrained
+        comp["pretrain_s"] = pre.get("pretrain_seconds")
+        comp["pretrain_tokens"] = pre.get("pretrain_tokens")
+        comp["pretrain_steps"] = pre.get("pretrain_steps")
         if info["status"] != "done":
             failures.append({"what": f"{arm}: preparing the arm", "error": info["error"]})
     return {
@@ -198,8 +252,11 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
     """One plain-language paragraph a team can decide from."""
     metric = summary["metric"]
     sentences = []
+    headline = what_paid(summary)
+    if headline:
+        sentences.append(headline)
     for comp in summary["comparisons"]:
-        if comp["baseline"] != "scratch" or not comp["arm"].startswith(UNLABELED_ARMS):
+        if comp["baseline"] != "scratch" or not uses_unlabeled(comp["arm"]):
             continue
         rows = {r["budget"]: r for r in comp["budgets"]}
         if not rows:
@@ -220,6 +277,10 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         using = (
             f"word vectors learned from {corpus_desc}"
             if arm == "embeddings"
+            else f"self-training on {corpus_desc}"
+            if arm.endswith("+self") and not arm.startswith(("pretrained", "continued"))
+            else f"distilling into the transformer pretrained on {corpus_desc}"
+            if arm.startswith("distill")
             else f"pretraining on {corpus_desc}"
         )
         if r.get("no_claim"):
@@ -253,7 +314,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         sentences.append(s + ".")
     strongest: dict[str, tuple] = {}  # arm -> (baseline mean, baseline, diff) at the focus budget
     for comp in summary["comparisons"]:
-        if comp["baseline"] in LABEL_ONLY and comp["arm"].startswith(UNLABELED_ARMS):
+        if comp["baseline"] in LABEL_ONLY and uses_unlabeled(comp["arm"]):
             rows = {r["budget"]: r for r in comp["budgets"]}
             if focus_budget in rows and rows[focus_budget]["diff"]:
                 r = rows[focus_budget]

@@ -22,7 +22,13 @@ Arms (``name[/method]``, method one of the fine-tuning methods, default ``full``
   Wang & Manning 2012): the strong label-only baseline;
 * ``embeddings`` — word2vec vectors learned from the corpus, averaged + logistic regression (the
   cheapest way unlabeled text can pay);
-* ``prompt:zero`` / ``prompt:pet`` — cloze prompting of the ``pretrained:mlm`` model.
+* ``prompt:zero`` / ``prompt:pet`` — cloze prompting of the ``pretrained:mlm`` model;
+* ``ARM+self`` — any arm but prompt:, self-trained on the unlabeled corpus: the arm's model pseudo-labels
+  the corpus and is retrained on labels + confident pseudo-labels, 1–3 rounds chosen on the dev split
+  (:mod:`lmvalue.value.semisup`), e.g. ``embeddings+self``, ``pretrained:mlm+self``;
+* ``distill:TEACHER`` — the study's pretrained transformer (``pretrained:mlm``'s model) fine-tuned on the
+  gold labels plus TEACHER's pseudo-labels over the whole unlabeled pool, TEACHER being any other arm
+  (``distill:embeddings+self``): the transformer absorbs what a cheap arm extracts from the text.
 """
 
 from __future__ import annotations
@@ -56,7 +62,10 @@ log = logging.getLogger("lmvalue")
 # Classical baselines that learn from the labeled texts alone; embeddings also learns from the corpus.
 LABEL_ONLY = ("tfidf", "nbsvm")
 NO_NETWORK = (*LABEL_ONLY, "embeddings")
-ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", *NO_NETWORK, "prompt")
+ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", *NO_NETWORK, "prompt", "distill")
+SELF_SUFFIX = "+self"
+# the transformer a distill: arm trains: the study's own masked-LM pretraining
+DISTILL_STUDENT = "pretrained:mlm"
 # prompt:zero / prompt:pet ask the study's own masked LM (the pretrained:mlm arm's pretraining) a
 # cloze question; any other starting point takes the method as a suffix, e.g. checkpoint:NAME/pet.
 PROMPT_ARMS = {"zero": "zero-shot", "pet": "pet"}
@@ -70,6 +79,8 @@ class Arm:
     method: str
     # pretraining settings of this arm only (after "@"), over the study's --pretrain overrides
     options: dict = field(default_factory=dict)
+    self_train: bool = False  # "+self": teacher-student self-training on the unlabeled pool
+    teacher: Arm | None = None  # distill: the arm whose pseudo-labels the student learns from
 
     @property
     def slug(self) -> str:
@@ -117,6 +128,26 @@ def parse_arm_options(spec: str, text: str) -> dict:
 
 
 def parse_arm(spec: str) -> Arm:
+    if spec.startswith("distill:"):
+        teacher_spec = spec[len("distill:") :]
+        if not teacher_spec:
+            raise ConfigError(f"arm {spec!r} needs a teacher arm, e.g. distill:embeddings+self")
+        teacher = parse_arm(teacher_spec)
+        if teacher.kind in ("distill", "prompt"):
+            raise ConfigError(
+                f"arm {spec!r}: the teacher of a distill: arm is a plain or self-trained arm "
+                f"(e.g. distill:embeddings+self), not a {teacher.kind}: arm"
+            )
+        student = parse_arm(DISTILL_STUDENT)
+        return dataclasses.replace(student, name=spec, kind="distill", teacher=teacher)
+    if spec.endswith(SELF_SUFFIX):
+        base = parse_arm(spec[: -len(SELF_SUFFIX)])
+        if base.kind in ("prompt", "distill") or base.self_train:
+            raise ConfigError(
+                f"arm {spec!r}: +self turns a fine-tuned or classical arm into a self-trained one "
+                "(e.g. embeddings+self, pretrained:mlm+self); prompt:, distill: and +self arms take no +self"
+            )
+        return dataclasses.replace(base, name=spec, self_train=True)
     from lmvalue.methods import METHODS
 
     # The method is a last "/" part that names one: paths and hub names (checkpoint:hfl/rbt3,
@@ -222,6 +253,14 @@ class StudyConfig:
     # recipe: RECIPE_PRETRAIN for pretrained:* arms and RECIPE_FINETUNE for scratch and pretrained:* cells,
     # under the overrides above (a cell whose overrides set train.lr or train.lr_search gets no search)
     recipe: bool = True
+    # +self and distill: arms (lmvalue.value.semisup): the unlabeled pool they pseudo-label (a seeded
+    # sample of the corpus without test texts and their near duplicates), the rounds of self-training
+    # and the shares of the pool offered per round (both chosen on each cell's dev split), and the
+    # passes a distill: student makes over its pseudo-labels
+    unlabeled_max: int = 20_000
+    self_train_rounds: int = 3
+    self_train_fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
+    distill_epochs: float = 1.0
     resume: bool = False
     overwrite: bool = False
 
@@ -230,6 +269,7 @@ class StudyConfig:
         for spec in self.arms:
             try:
                 arm = parse_arm(spec)
+                arm = arm.teacher or arm  # a distill: arm's student is the study's pretrained:mlm
                 if arm.options:  # unknown keys and bad values are found now, not after other arms ran
                     from lmvalue.config import PretrainConfig, build_config
 
@@ -273,6 +313,16 @@ class StudyConfig:
             out.append(f"--preset {self.preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
         if self.resume and self.overwrite:
             out.append("resume and overwrite exclude each other")
+        if self.unlabeled_max < 1:
+            out.append(f"--unlabeled-max must be >= 1, got {self.unlabeled_max}")
+        if not 1 <= self.self_train_rounds <= 10:
+            out.append(f"--self-train-rounds must be between 1 and 10, got {self.self_train_rounds}")
+        if not self.self_train_fractions or any(not 0 < f <= 1 for f in self.self_train_fractions):
+            out.append(
+                f"--self-train-fractions must be shares of the pool in (0, 1], got {self.self_train_fractions}"
+            )
+        if not self.distill_epochs > 0:
+            out.append(f"--distill-epochs must be > 0, got {self.distill_epochs:g}")
         return out
 
     def _arm_problems(self) -> list[str]:
@@ -286,6 +336,8 @@ class StudyConfig:
                 arm = parse_arm(spec)
             except ConfigError:
                 continue  # reported by problems()
+            if arm.teacher is not None:
+                arm = arm.teacher  # the student is the study's pretrained:mlm, always valid
             if arm.kind == "pretrained":
                 unknown = [o for o in arm.arg.split("+") if o not in OBJECTIVES]
                 if unknown:
@@ -535,6 +587,10 @@ RESULT_SETTINGS = (
     "pretrain_overrides",
     "finetune_overrides",
     "recipe",
+    "unlabeled_max",
+    "self_train_rounds",
+    "self_train_fractions",
+    "distill_epochs",
 )
 
 
@@ -691,13 +747,48 @@ def prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict, registr
     if saved and saved["status"] == "done":
         return {"status": "done", **saved["info"]}
     try:
-        info = _prepare_arm(arm, cfg, study_dir, data)
+        if arm.kind == "distill":
+            parts = {
+                "teacher": prepare_arm(arm.teacher, cfg, study_dir, data, registry),
+                "student": prepare_arm(parse_arm(DISTILL_STUDENT), cfg, study_dir, data, registry),
+            }
+            for role, part in parts.items():
+                if part["status"] != "done":
+                    raise LmvalueError(f"its {role} could not be prepared: {part['error']}")
+            info = {**parts, **_unlabeled_pool(cfg, study_dir, data)}
+        else:
+            info = _prepare_arm(arm, cfg, study_dir, data)
+            if arm.self_train:
+                info.update(_unlabeled_pool(cfg, study_dir, data))
         registry.record_arm(arm.name, status="done", info=info)
         return {"status": "done", **info}
     except Exception as e:
         log.warning("arm %s could not be prepared: %s", arm.name, e)
         registry.record_arm(arm.name, status="failed", info={}, error=f"{type(e).__name__}: {e}")
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def _unlabeled_pool(cfg: StudyConfig, study_dir: Path, data: dict) -> dict:
+    """``unlabeled.txt``, the texts +self and distill: arms pseudo-label (made once per study)."""
+    from lmvalue.value.semisup import unlabeled_pool
+
+    path = study_dir / "unlabeled.txt"
+    meta_path = study_dir / "unlabeled.json"
+    if not (path.is_file() and meta_path.is_file()):
+        log.info(
+            "preparing the unlabeled pool for pseudo-labels (test texts and near duplicates removed) ..."
+        )
+        counts = unlabeled_pool(
+            data["corpus_path"], [ex["text"] for ex in data["test"]], path, max_texts=cfg.unlabeled_max
+        )
+        write_text_atomic(meta_path, json.dumps(counts, indent=2))
+        log.info(
+            "unlabeled pool: %d texts (%d corpus texts near test texts dropped)",
+            counts["pool_texts"],
+            counts["dropped_test_duplicates"],
+        )
+    counts = json.loads(meta_path.read_text(encoding="utf-8"))
+    return {"unlabeled": str(path), "unlabeled_pool": counts}
 
 
 def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dict:
@@ -784,7 +875,7 @@ def _budget_text(cfg: StudyConfig) -> str:
 
 
 # Fine-tuning options that shape a network's task head; a study applies them to the network arms only.
-HEAD_OPTIONS = ("model.pooling", "model.reinit_layers", "model.new_head")
+HEAD_OPTIONS = ("model.pooling", "model.reinit_layers", "model.new_head", "model.head_init")
 
 
 def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConfig, output_dir: str) -> dict:
@@ -848,6 +939,9 @@ def run_cell(
     """Fine-tune (or fit TF-IDF) on a seeded budget of the pool and score it once on the test set."""
     import tempfile
 
+    if arm.self_train or arm.kind == "distill":
+        return run_semisup_cell(arm, state, train, test, budget, seed, cfg)
+
     from lmvalue.config import FinetuneConfig, build_config
     from lmvalue.finetune import finetune
 
@@ -869,6 +963,128 @@ def run_cell(
             "dev_examples": m["examples"]["dev"],
         },
         "config": overrides,
+        "trainable_params": m.get("trainable_params"),
+        "train_flops": m.get("train_flops"),
+    }
+
+
+_POOL_CACHE: dict[str, list[str]] = {}
+
+
+def _pool_texts(path: str) -> list[str]:
+    if path not in _POOL_CACHE:
+        from lmvalue.data.lines import read_lines
+
+        _POOL_CACHE.clear()
+        _POOL_CACHE[path] = [t for t in read_lines(path) if t.strip()]
+    return _POOL_CACHE[path]
+
+
+def run_semisup_cell(
+    arm: Arm, state: dict, train: list[dict], test: list[dict], budget: int, seed: int, cfg: StudyConfig
+) -> dict:
+    """A ``+self`` or ``distill:`` cell: teacher on the budget, pseudo-labels of the unlabeled pool,
+    student(s) on labels + pseudo-labels; rounds and pool share chosen on the gold dev split; the test
+    split is scored once, with the final model. Everything runs inside the cell, so its recorded time
+    includes the pseudo-labelling and the retraining."""
+    import tempfile
+
+    from lmvalue.config import FinetuneConfig, build_config
+    from lmvalue.finetune import finetune
+    from lmvalue.inference import score
+    from lmvalue.value.semisup import Candidate, class_prior, select_pseudo, self_train
+
+    pool_all = _pool_texts(state["unlabeled"])
+    split: dict = {}
+
+    def fitter(fit_arm: Arm, fit_state: dict, extra_overrides: dict | None = None):
+        def fit(extra: list[dict]) -> Candidate:
+            with tempfile.TemporaryDirectory(prefix="lmvalue-cell-") as tmp, _quiet_cell():
+                overrides = cell_overrides(fit_arm, fit_state, budget, seed, cfg, str(Path(tmp) / "run"))
+                overrides.update(extra_overrides or {})
+                m = finetune(
+                    build_config(FinetuneConfig, overrides=overrides),
+                    train_examples=train,
+                    test_examples=test,
+                    extra_train=[{"text": e["text"], "label": e["label"]} for e in extra],
+                    score_test=False,
+                    keep_model=True,
+                )
+            overrides.pop("train.output_dir")
+            data = m.pop("task_data")
+            split.setdefault("data", data)
+            split.setdefault("config", overrides)
+            return Candidate(
+                model=m.pop("task_model"),
+                dev_score=float(m["dev_score"]) if m.get("dev_score") is not None else float("-inf"),
+                dev_loss=float(m["dev"].get("loss", float("inf"))),
+                round=0,
+                info=m,
+            )
+
+        return fit
+
+    def predict(model, texts: list[str]) -> np.ndarray:
+        return np.stack(model.outputs([{"text": t} for t in texts])) if texts else np.zeros((0, 0))
+
+    teacher_arm = arm.teacher if arm.kind == "distill" else arm
+    teacher_state = state["teacher"] if arm.kind == "distill" else state
+    fit_teacher = fitter(teacher_arm, teacher_state)
+    teacher = fit_teacher([])
+    data = split["data"]
+    classes = list(data.spec.labels)
+    labeled = {ex["text"] for ex in data.train + data.dev}
+    texts = [t for t in pool_all if t not in labeled]  # the cell's own labeled texts are never pseudo-labels
+    prior = class_prior([ex["label"] for ex in data.train + data.dev], classes)
+    history: list[dict] = []
+    if teacher_arm.self_train:
+        teacher, history = self_train(
+            fit_teacher,
+            predict,
+            texts,
+            classes,
+            prior,
+            rounds=cfg.self_train_rounds,
+            fractions=tuple(cfg.self_train_fractions),
+            teacher=teacher,
+        )
+    final, extra = teacher, {}
+    if arm.kind == "distill":
+        pseudo = select_pseudo(texts, predict(teacher.model, texts), classes, prior, 1.0)
+        fit_student = fitter(
+            parse_arm(DISTILL_STUDENT),
+            state["student"],
+            # one pass (distill_epochs) over labels + pseudo-labels, however many steps that takes
+            {"train.epochs": cfg.distill_epochs, "train.max_steps": 1_000_000},
+        )
+        split.clear()
+        final = fit_student(pseudo)
+        final.round, final.pseudo = teacher.round + 1, len(pseudo)
+        extra = {
+            "teacher_dev_score": teacher.dev_score,
+            "teacher_round": teacher.round,
+            "distill_pseudo_labels": len(pseudo),
+        }
+    test_scores = score(final.model, test)  # the one look at the test set
+    m = final.info
+    return {
+        "metrics": {
+            **{k: v for k, v in test_scores.items() if isinstance(v, int | float)},
+            "dev_score": final.dev_score,
+            "lr": m.get("lr"),
+            "lr_search": m.get("lr_search"),
+            "steps": m.get("steps"),
+            "train_examples": m["examples"]["train"],
+            "dev_examples": m["examples"]["dev"],
+            "pseudo_labels": final.pseudo,
+            "self_training": {
+                "chosen": teacher.describe(),
+                "candidates": history,
+                "pool": len(texts),
+            },
+            **extra,
+        },
+        "config": split.get("config", {}),
         "trainable_params": m.get("trainable_params"),
         "train_flops": m.get("train_flops"),
     }
