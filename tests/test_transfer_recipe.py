@@ -248,7 +248,7 @@ def test_lp_ft_fine_tuning_starts_from_the_first_stages_head(char_tokenizer_dir,
     )
     head = probe["task_model"].model.classifier.weight
     assert probe["head_probe"]["train_accuracy"] > 0.6
-    assert float(head.abs().max()) > 1e-3
+    assert float(head.detach().abs().max()) > 1e-3
     over["train.overwrite"] = True
     zero = finetune(
         build_config(FinetuneConfig, overrides=over), train_examples=examples[:600], keep_model=True
@@ -257,7 +257,9 @@ def test_lp_ft_fine_tuning_starts_from_the_first_stages_head(char_tokenizer_dir,
     # the loop's first evaluation (step 0, before any update) already sees the fitted head: it tells
     # the classes apart, where the zero head predicts one class for everything
     assert probe["evals"][0]["step"] == 0 and zero["evals"][0]["step"] == 0
-    assert probe["evals"][0]["eval_predicted_classes"] == 2 and zero["evals"][0]["eval_predicted_classes"] == 1
+    assert (
+        probe["evals"][0]["eval_predicted_classes"] == 2 and zero["evals"][0]["eval_predicted_classes"] == 1
+    )
     assert zero["head_probe"] is None
     with pytest.raises(ConfigError, match="head_init"):
         build_config(FinetuneConfig, overrides={"model.init_from": "x", "model.head_init": "linear"})

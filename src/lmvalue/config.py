@@ -57,6 +57,11 @@ class ModelConfig:
     hidden: int | None = _f(None, "override the preset's hidden size")
     heads: int | None = _f(None, "override the preset's attention heads")
     ffn: int | None = _f(None, "override the preset's feed-forward size")
+    init_vectors: bool = _f(
+        False,
+        "pretraining from scratch: start the input embeddings from word2vec vectors of the tokenizer's "
+        "pieces, trained on the pretraining corpus first (about a minute; docs/objectives.md)",
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -259,6 +264,11 @@ class PretrainConfig:
 
     def problems(self) -> list[str]:
         out = []
+        if self.model.init_vectors and self.model.init_from:
+            out.append(
+                "model.init_vectors starts a fresh model's embeddings from word vectors; model.init_from "
+                "already brings trained ones: set only one"
+            )
         if self.data.block_size > self.model.max_position_embeddings:
             out.append(
                 f"data.block_size={self.data.block_size} exceeds "

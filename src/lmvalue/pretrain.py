@@ -312,6 +312,14 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resume_from, accelerator, re
     data = prepare_data(cfg, tokenizer, objective_needs(cfg.objective.names))
     data_stats = data.stats
     model = build_lm(cfg.model, tokenizer, seed=cfg.train.seed)
+    vectors_info = None
+    if cfg.model.init_vectors and not cfg.model.init_from and resume_from is None:
+        from lmvalue.data.sources import iter_texts
+        from lmvalue.vector_init import init_embeddings
+
+        # Every process trains the same vectors (one gensim worker, the same seed): no broadcast needed.
+        texts = iter_texts(cfg.data.source, **source_kwargs(cfg))
+        vectors_info = init_embeddings(model, tokenizer, texts, seed=cfg.train.seed)
     # The objectives attach their heads (sentence-pair, tags) to the model before it is counted,
     # optimized or saved; training runs through one module so that DDP sees every head.
     objectives = build_objectives(cfg.objective, tokenizer, model=model, tag_labels=data.tag_labels)
@@ -437,6 +445,7 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resume_from, accelerator, re
         "processes": world,
         "precision": resolve_precision(cfg.train.precision),
         "wall_seconds_this_session": round(wall, 2),
+        "init_vectors": vectors_info,
     }
     # Each process records what it saw and where it ended (checked by the multi-process test).
     metrics["model_dir"] = str(run.path / "model")

@@ -855,7 +855,9 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     return {
         "model": str(run_dir / "model"),
         "from_scratch": False,
-        "pretrain_seconds": metrics.get("train_seconds"),
+        # the word vectors of model.init_vectors are part of the arm's pretraining cost
+        "pretrain_seconds": (metrics.get("train_seconds") or 0.0)
+        + ((metrics.get("init_vectors") or {}).get("seconds") or 0.0),
         "pretrain_tokens": metrics.get("tokens"),
         "pretrain_steps": metrics.get("steps"),
         "pretrain_final": metrics.get("final", {}),
