@@ -145,7 +145,9 @@ def test_no_claim_at_a_budget_where_every_model_predicted_one_class():
     assert row["no_claim"] and row["diff"] is None and row["text"].startswith("no claim")
     text = verdict(summary, focus_budget=16)
     assert "no claim, because every pretrained:mlm model at 16 labels predicted one class" in text
-    assert "worth" not in text.split("Caution")[0]
+    # no worth is claimed at 16 labels (the "What paid" line speaks of 32 labels only)
+    assert "at 16 labels" not in text.split(". ")[0] and "at 32 labels pretrained:mlm" in text.split(". ")[0]
+    assert "worth" not in text.split("Caution")[0].split("its labels. ", 1)[1]
     md = markdown_report(summary, {}, text)
     assert "| pretrained:mlm | 16 | 3 | 60.0 | 60.0–60.0 | 3 |" in md  # still in the scores table
 
@@ -173,3 +175,28 @@ def test_factor_interval_brackets_the_factor_and_keeps_bounds_as_bounds():
     summary = summarize(_cells(TIE))
     md = markdown_report(summary, {}, verdict(summary, focus_budget=16))
     assert "| factor | factor 95% CI |" in md and _row(summary, 16)["ci_text"] in md
+
+
+def test_what_paid_names_the_best_use_of_the_unlabeled_text_against_the_strongest_label_only_baseline():
+    curves = {
+        "scratch": {32: [0.50, 0.52, 0.51], 100: [0.55, 0.56, 0.57], 300: [0.70, 0.71, 0.72]},
+        "tfidf": {32: [0.58, 0.60, 0.59], 100: [0.64, 0.66, 0.65], 300: [0.75, 0.76, 0.77]},
+        "nbsvm": {32: [0.57, 0.58, 0.59], 100: [0.66, 0.67, 0.68], 300: [0.74, 0.75, 0.76]},
+        # wins clearly at 32, by less at 100 (where NB-LR is the stronger baseline), ties at 300
+        "embeddings": {32: [0.66, 0.68, 0.67], 100: [0.70, 0.71, 0.72], 300: [0.76, 0.75, 0.77]},
+        "embeddings+self": {32: [0.61, 0.62, 0.60], 100: [0.69, 0.70, 0.71], 300: [0.74, 0.77, 0.76]},
+        "tfidf+self": {32: [0.59, 0.61, 0.60], 100: [0.65, 0.67, 0.66], 300: [0.77, 0.75, 0.78]},
+    }
+    summary = summarize(_cells(curves))
+    text = verdict(summary)
+    assert text.startswith("What paid")
+    assert "at 32 labels embeddings (accuracy 67.0) beat TF-IDF (59.0) by +8.0 points" in text
+    assert "at 100 labels embeddings (accuracy 71.0) beat NB-LR (67.0) by +4.0 points" in text
+    # the factor against that baseline comes with its own interval
+    assert "worth " in text and "95% CI" in text and "its labels" in text
+    assert "at 300 labels nothing beat TF-IDF (76.0) beyond the noise (best: tfidf+self, +0.7 points" in text
+    # a study without label-only baselines judges against scratch; one where nothing pays says so
+    only = {a: curves[a] for a in ("scratch", "embeddings")}
+    assert "against scratch" in verdict(summarize(_cells(only)))
+    flat = {"tfidf": curves["tfidf"], "embeddings": curves["tfidf"]}
+    assert verdict(summarize(_cells(flat))).startswith("Nothing paid")

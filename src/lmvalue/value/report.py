@@ -62,10 +62,10 @@ def what_paid(summary: dict) -> str | None:
         gain = f"{d[0] * 100:+.1f} points (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f})"
         if d[1] > 0 and r["arm_mean"] > r["baseline_mean"] + TIE:
             paid.append(budget)
-            ci = f", 95% CI {r['ci_text']}" if r.get("ci_text") not in (None, "–") else ""
+            ci = f" (95% CI {r['ci_text']})" if r.get("ci_text") not in (None, "–") else ""
             parts.append(
                 f"at {budget} labels {arm} ({metric} {r['arm_mean'] * 100:.1f}) beat {names[base]} "
-                f"({r['baseline_mean'] * 100:.1f}) by {gain}, {r['text']}{ci}"
+                f"({r['baseline_mean'] * 100:.1f}) by {gain}, worth {r['text']}{ci} its labels"
             )
         else:
             parts.append(
