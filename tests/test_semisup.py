@@ -116,9 +116,47 @@ def reviews():
     return [rows[i] for i in rng.permutation(len(rows))[:3400]]
 
 
-def test_a_student_of_a_good_teacher_reaches_the_teachers_dev_score(reviews):
-    """Pseudo-labels of a teacher over a large pool carry what the teacher knows: a student of the
-    same kind, trained on them alone (no gold labels), scores what the teacher scores on gold dev."""
+def test_a_student_of_a_perfect_teacher_reaches_what_its_labels_are_worth(reviews):
+    """A perfect teacher's pseudo-labels are the truth: through the selection (quotas, confidence
+    order) they must reach the student intact, so the student scores on gold dev what the same learner
+    trained on those texts' true labels scores, and far more than the gold budget alone."""
+    from lmvalue.config import MethodConfig
+    from lmvalue.inference import TaskModel, score
+    from lmvalue.methods import tfidf
+    from lmvalue.tasks import build_spec
+
+    gold, dev, pool = reviews[:60], reviews[600:900], reviews[900:]
+    spec = build_spec("classification", reviews[:900])
+    cfg = MethodConfig(name="tfidf")
+
+    def fit(examples):
+        pipe, _ = tfidf.train(examples, [], spec, cfg, 0, None)
+        return TaskModel(spec=spec, pipeline=pipe)
+
+    truth = {ex["text"]: ex["label"] for ex in pool}
+    classes = list(spec.labels)
+    texts = [ex["text"] for ex in pool]
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.6, 1.0, len(texts))  # a perfect teacher with varying confidence
+    probs = np.array(
+        [[c if truth[t] == k else 1 - c for k in classes] for t, c in zip(texts, conf, strict=True)]
+    )
+    prior = class_prior([ex["label"] for ex in gold], classes)
+    pseudo = select_pseudo(texts, probs, classes, prior, 1.0)
+    assert all(truth[e["text"]] == e["label"] for e in pseudo)  # every label reaches its own text
+    assert len(pseudo) > 2000
+    student = fit([{"text": e["text"], "label": e["label"]} for e in pseudo])
+    kept = {e["text"] for e in pseudo}
+    reference = fit([ex for ex in pool if ex["text"] in kept])  # the same texts with their true labels
+    s_acc = score(student, dev)["accuracy"]
+    assert s_acc == pytest.approx(score(reference, dev)["accuracy"], abs=1e-9)
+    assert s_acc > score(fit(gold), dev)["accuracy"] + 0.1
+
+
+def test_a_student_of_a_real_teacher_follows_it(reviews):
+    """A real teacher's hard pseudo-labels carry its decisions (the student agrees with it on most
+    dev texts) but not all it knows: the student of a TF-IDF teacher scores a few points below it.
+    This is the loss docs/value-recipes.md measures in the studies."""
     from lmvalue.config import MethodConfig
     from lmvalue.inference import TaskModel, score
     from lmvalue.methods import tfidf
@@ -136,16 +174,13 @@ def test_a_student_of_a_good_teacher_reaches_the_teachers_dev_score(reviews):
     texts = [ex["text"] for ex in pool]
     probs = np.stack(teacher.outputs([{"text": t} for t in texts]))
     prior = class_prior([ex["label"] for ex in gold], list(spec.labels))
-    pseudo = select_pseudo(texts, probs, list(spec.labels), prior, 1.0)
-    assert len(pseudo) > 2000
-    student = fit([{"text": e["text"], "label": e["label"]} for e in pseudo])
+    student = fit(select_pseudo(texts, probs, list(spec.labels), prior, 1.0))
     t_acc, s_acc = score(teacher, dev)["accuracy"], score(student, dev)["accuracy"]
     assert t_acc > 0.75  # a real teacher
-    assert s_acc >= t_acc - 0.02, (t_acc, s_acc)
     agree = np.mean(
         [a["label"] == b["label"] for a, b in zip(teacher.predict(dev), student.predict(dev), strict=True)]
     )
-    assert agree > 0.9
+    assert agree > 0.85 and s_acc > t_acc - 0.06, (agree, t_acc, s_acc)
 
 
 def test_self_trained_and_distilled_arms_in_a_study(reviews, tmp_path):
@@ -187,10 +222,9 @@ def test_self_trained_and_distilled_arms_in_a_study(reviews, tmp_path):
     assert len(st["candidates"]) >= 4 and st["chosen"]["round"] in (0, 1, 2)
     assert cells["nbsvm+self"]["metrics"]["pseudo_labels"] == st["chosen"]["pseudo_labels"]
     d = cells["distill:nbsvm"]["metrics"]
-    assert (
-        d["distill_pseudo_labels"] > 300
-        and d["train_examples"] == d["distill_pseudo_labels"] + 40 - d["dev_examples"]
-    )
+    # the student learned from every pseudo-label of the pool, beside the gold training split
+    assert d["distill_pseudo_labels"] == d["pseudo_labels"] > 300
+    assert d["train_examples"] + d["dev_examples"] == 40
     assert cells["distill:nbsvm"]["trainable_params"] > 10_000  # the student is the transformer
     assert cells["nbsvm+self"]["wall_s"] > cells["nbsvm"]["wall_s"]  # its compute includes the rounds
 
