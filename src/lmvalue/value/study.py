@@ -213,6 +213,9 @@ def parse_arm(spec: str) -> Arm:
 
 
 DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
+# `lmvalue demo`'s pretraining, in steps (reproducible); --quick uses DEMO_QUICK_STEPS
+DEMO_PRETRAIN_STEPS = 5000
+DEMO_QUICK_STEPS = 1000
 # The recipe measured to pay for small models pretrained on a CPU budget (docs/value-recipes.md). It is
 # applied to the arms it was measured on (scratch and pretrained:*), never to checkpoint:/continued: arms,
 # whose models (e.g. a BERT-base) want their own, lower rates.
@@ -1097,28 +1100,31 @@ def demo_config(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    pretrain_minutes: float = 20.0,
+    pretrain_steps: int = DEMO_PRETRAIN_STEPS,
 ) -> StudyConfig:
-    """`lmvalue demo`: the whole study on demo:zh-reviews, about 30 minutes on 2 CPU cores.
+    """`lmvalue demo`: the whole study on demo:zh-reviews, about 15 minutes on 2 CPU cores.
 
     The unlabeled corpus is every review outside the test split (their labels unused); the settings
-    below trade statistical power for time. Pretraining uses the recipe measured to pay
-    (docs/value-recipes.md: 20 minutes; `lmvalue demo --quick` takes 3, at which it does not pay).
+    below trade statistical power for time. Pretraining is a number of steps, so the demo gives the
+    same models and scores on every machine (docs/value-recipes.md: 6,900 steps, about 20 minutes with
+    the engine of that study and 11 with today's, paid at 32 labels; the demo's 5,000 fit its 15
+    minutes). The study's "What paid" line names the arm that paid at each budget.
     """
     return StudyConfig(
         output_dir=output_dir,
         data="demo:zh-reviews",
         test_size=1000,
-        # embeddings: word2vec on the same unlabeled reviews, the cheapest way unlabeled text can pay
-        arms=["scratch", "pretrained:mlm", "tfidf", "embeddings"],
+        # embeddings: word2vec on the same unlabeled reviews, the cheapest way unlabeled text can pay;
+        # nbsvm: with tfidf, the label-only baselines every use of the unlabeled text is judged against
+        arms=["scratch", "pretrained:mlm", "tfidf", "nbsvm", "embeddings"],
         budgets=[32, 100, 300, 1000],
         seeds=3,
         # Measured on 2 CPU cores: after equal minutes, the `tiny` BERT (2 layers, 128 hidden) reaches the
-        # held-out MLM loss of `mini` (4 layers, 256 hidden) and fine-tunes ~5x faster, which is what lets
-        # 24 fine-tuning cells with a learning-rate search fit in ~9 minutes.
+        # held-out MLM loss of `mini` (4 layers, 256 hidden) and fine-tunes ~5x faster.
         preset="tiny",
         vocab_size=8000,
-        pretrain_minutes=pretrain_minutes,
+        pretrain_minutes=None,
+        pretrain_steps=pretrain_steps,
         pretrain_overrides={"train.lr": 1e-3},
         # Small models from scratch either sit at the majority class or learn, depending on the learning
         # rate and the number of steps (a fixed 3e-4 and <= 150 steps left whole budgets at one class):
