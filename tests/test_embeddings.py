@@ -111,3 +111,18 @@ def test_gensim_info_log_is_quiet_unless_verbose(reviews, tmp_path, caplog):
         assert main(["-v", *args, "-o", str(tmp_path / "b")]) == 0
     assert [r for r in caplog.records if r.name.startswith("gensim")]  # -v shows it
     logging.getLogger("gensim").setLevel(logging.WARNING)  # as a later quiet run would set it
+
+
+def test_hybrid_reads_both_views_and_learns(reviews, corpus, tmp_path):
+    """hybrid: the averaged vectors and the TF-IDF n-grams side by side in one regression; it learns
+    on real reviews, reloads, and its coefficients cover both blocks of features."""
+    m = finetune(run_cfg(tmp_path / "h", corpus, **{"method.name": "hybrid"}), train_examples=reviews[:3000])
+    info = m["hybrid"]
+    assert info["dim"] == 48 and info["ngram_features"] > 1000 and info["analyzer"] == "char"
+    assert m["trainable_params"] == 48 + info["ngram_features"] + 1
+    assert m["test"]["accuracy"] >= 0.70, m["test"]
+    task = load_task_model(tmp_path / "h" / "model")
+    coef = task.pipeline.named_steps["logreg"].coef_[0]
+    assert np.abs(coef[:48]).max() > 0.1 and np.abs(coef[48:]).max() > 0.1  # both views are used
+    with pytest.raises(ConfigError, match="method hybrid needs method.vectors"):
+        build_config(FinetuneConfig, overrides={"method.name": "hybrid"})

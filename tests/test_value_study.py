@@ -264,7 +264,8 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
     from lmvalue.value.study import cell_overrides, demo_config, parse_arm
 
     cfg = demo_config(str(tmp_path / "demo"))
-    assert cfg.arms == ["scratch", "pretrained:mlm", "tfidf", "nbsvm", "embeddings"] and cfg.seeds == 3
+    assert cfg.arms == ["scratch", "pretrained:mlm", "tfidf", "nbsvm", "embeddings", "hybrid"]
+    assert cfg.seeds == 3
     assert cfg.pretrain_steps == 5000 and cfg.pretrain_minutes is None  # reproducible on any machine
     assert len(cfg.budgets) == 4
     assert not cfg.problems()
@@ -274,11 +275,12 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
         "tfidf": {},
         "nbsvm": {},
         "embeddings": {"vectors": str(tmp_path / "v.kv")},
+        "hybrid": {"vectors": str(tmp_path / "v.kv")},
     }
     for name, state in states.items():
         over = cell_overrides(parse_arm(name), state, 100, 0, cfg, str(tmp_path / "cell"))
         ft = build_config(FinetuneConfig, overrides=over)  # raises on an unknown or invalid setting
-        if name not in ("tfidf", "nbsvm", "embeddings"):
+        if name not in ("tfidf", "nbsvm", "embeddings", "hybrid"):
             assert ft.train.lr_search and ft.train.min_steps >= 100
     build_config(PretrainConfig, overrides={**cfg.pretrain_overrides, "model.preset": cfg.preset})
 

@@ -481,9 +481,9 @@ class MethodConfig:
             out.append("method.adalora_tinit + method.adalora_tfinal must be in [0, 1)")
         if self.adapter_kind not in ("houlsby", "pfeiffer"):
             out.append(f"method.adapter_kind={self.adapter_kind!r} must be houlsby or pfeiffer")
-        if self.name == "embeddings" and not self.vectors:
+        if self.name in ("embeddings", "hybrid") and not self.vectors:
             out.append(
-                "method embeddings needs method.vectors: a text corpus to learn word vectors from (a file, "
+                f"method {self.name} needs method.vectors: a text corpus to learn word vectors from (a file, "
                 "folder or demo:NAME), or a saved vectors file (.kv, word2vec .bin/.vec)"
             )
         if self.probe_layers not in ("all", "last"):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmvalue.methods import adapters, embeddings, nbsvm, peft_methods, prefix, probe, tfidf
+from lmvalue.methods import adapters, embeddings, hybrid, nbsvm, peft_methods, prefix, probe, tfidf
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,14 @@ METHODS: dict[str, Method] = {
         apply=None,
         family="classical",
         trainer=embeddings,
+        uses_model=False,
+    ),
+    "hybrid": Method(
+        "hybrid",
+        "word2vec vectors learned from unlabeled text, averaged, next to TF-IDF n-grams + one logistic regression",
+        apply=None,
+        family="classical",
+        trainer=hybrid,
         uses_model=False,
     ),
     "probe": Method(

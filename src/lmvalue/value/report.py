@@ -27,7 +27,7 @@ BASELINES = ("scratch", "tfidf", "nbsvm")
 # strongest of them that the study ran.
 LABEL_ONLY = {"tfidf": "TF-IDF", "nbsvm": "NB-LR"}
 # Arms that draw on unlabeled text (or a model pretrained on some): the verdict judges each against scratch.
-UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings", "distill")
+UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings", "hybrid", "distill")
 
 
 def uses_unlabeled(arm: str) -> bool:
@@ -276,7 +276,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
         arm = comp["arm"]
         using = (
             f"word vectors learned from {corpus_desc}"
-            if arm == "embeddings"
+            if arm in ("embeddings", "hybrid")
             else f"self-training on {corpus_desc}"
             if arm.endswith("+self") and not arm.startswith(("pretrained", "continued"))
             else f"distilling into the transformer pretrained on {corpus_desc}"
