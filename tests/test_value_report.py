@@ -200,3 +200,16 @@ def test_what_paid_names_the_best_use_of_the_unlabeled_text_against_the_stronges
     assert "against scratch" in verdict(summarize(_cells(only)))
     flat = {"tfidf": curves["tfidf"], "embeddings": curves["tfidf"]}
     assert verdict(summarize(_cells(flat))).startswith("Nothing paid")
+
+
+def test_the_report_flags_a_probe_above_scratch_above_fine_tuning():
+    curves = {
+        "scratch": {32: [0.60, 0.61, 0.62], 100: [0.65, 0.66, 0.67]},
+        "pretrained:mlm": {32: [0.57, 0.58, 0.59], 100: [0.70, 0.71, 0.72]},
+        "pretrained:mlm/probe": {32: [0.64, 0.65, 0.66], 100: [0.68, 0.69, 0.70]},
+    }
+    text = verdict(summarize(_cells(curves)))
+    assert "Warning: at 32 labels the frozen probe of pretrained:mlm beats scratch but fine-tuning" in text
+    assert "model.head_init=probe" in text
+    curves["pretrained:mlm"][32] = [0.61, 0.62, 0.63]  # fine-tuning above scratch: nothing to flag
+    assert "Warning" not in verdict(summarize(_cells(curves)))

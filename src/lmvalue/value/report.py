@@ -332,6 +332,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             f"Against {which} at {focus_budget} labels, {arm} is {d[0] * 100:+.1f} points "
             f"(95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f})."
         )
+    sentences += _distorted_features(summary)
     if not sentences:
         failed = [f["what"] for f in summary.get("failures", []) if f["what"].endswith("preparing the arm")]
         why = f" ({'; '.join(failed)} failed: see Failures)" if failed else ""
@@ -350,6 +351,31 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
     if summary.get("failures"):
         sentences.append(f"{len(summary['failures'])} run(s) failed and are left out: see Failures.")
     return " ".join(sentences)
+
+
+def _distorted_features(summary: dict) -> list[str]:
+    """Flag fine-tuning that throws the pretrained features away: the frozen probe of a model beats
+    scratch, while fine-tuning the same model scores below scratch (observed means)."""
+    means: dict = defaultdict(dict)
+    for row in summary["table"]:
+        means[row["arm"]][row["budget"]] = row["mean"]
+    out = []
+    for arm in sorted(means):
+        probe = means.get(f"{arm}/probe")
+        if not probe or "scratch" not in means or arm == "scratch":
+            continue
+        hit = [
+            b
+            for b in sorted(probe)
+            if b in means[arm] and b in means["scratch"] and probe[b] > means["scratch"][b] > means[arm][b]
+        ]
+        if hit:
+            out.append(
+                f"Warning: at {', '.join(map(str, hit))} labels the frozen probe of {arm} beats scratch but "
+                f"fine-tuning {arm} scores below scratch: fine-tuning throws away what pretraining learned. "
+                "Try --finetune model.head_init=probe (LP-FT), model.pooling=mean or a lower learning rate."
+            )
+    return out
 
 
 def _worth(r: dict, at: int) -> str:
