@@ -223,7 +223,7 @@ def test_self_trained_and_distilled_arms_in_a_study(reviews, tmp_path):
     assert cells["nbsvm+self"]["metrics"]["pseudo_labels"] == st["chosen"]["pseudo_labels"]
     d = cells["distill:nbsvm"]["metrics"]
     # the student learned from every pseudo-label of the pool, beside the gold training split
-    assert d["distill_pseudo_labels"] == d["pseudo_labels"] > 300
+    assert d["distill_pseudo_labels"] == d["pseudo_labels"] > 300 and d["distill_targets"] == "soft"
     assert d["train_examples"] + d["dev_examples"] == 40
     assert cells["distill:nbsvm"]["trainable_params"] > 10_000  # the student is the transformer
     assert cells["nbsvm+self"]["wall_s"] > cells["nbsvm"]["wall_s"]  # its compute includes the rounds
@@ -245,3 +245,28 @@ def test_arm_spellings():
     problems = StudyConfig(arms=["prompt:pet+self", "distill:", "tfidf"], self_train_fractions=[0]).problems()
     assert any("+self" in p for p in problems) and any("needs a teacher" in p for p in problems)
     assert any("--self-train-fractions" in p for p in problems)
+
+
+def test_soft_targets_batch_and_loss_are_the_hand_computation():
+    import torch
+    import torch.nn.functional as F
+
+    from lmvalue.tasks.encode import collate, soft_cross_entropy
+
+    gold = {"input_ids": np.array([2, 7, 3]), "labels": 1}
+    pseudo = {"input_ids": np.array([2, 8, 9, 3]), "labels": 0, "soft": np.array([0.7, 0.2, 0.1], np.float32)}
+    batch = collate([gold, pseudo], pad_id=0)
+    assert torch.equal(batch["soft_targets"], torch.tensor([[0.0, 1.0, 0.0], [0.7, 0.2, 0.1]]))
+    logits = torch.tensor([[0.5, 1.5, -1.0], [2.0, 0.0, 1.0]])
+    logp = torch.log_softmax(logits, -1)
+    by_hand = -(logp[0, 1] + (0.7 * logp[1, 0] + 0.2 * logp[1, 1] + 0.1 * logp[1, 2])) / 2
+    assert soft_cross_entropy(logits, batch["soft_targets"]) == pytest.approx(float(by_hand), abs=1e-6)
+    one_hot = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert soft_cross_entropy(logits, one_hot) == pytest.approx(
+        float(F.cross_entropy(logits, torch.tensor([1, 0])))
+    )
+    assert "soft_targets" not in collate([gold], pad_id=0)  # plain fine-tuning is untouched
+    kept = select_pseudo(
+        ["a", "b"], np.array([[0.9, 0.1], [0.3, 0.7]]), ["x", "y"], np.array([0.5, 0.5]), 1.0, soft=True
+    )
+    assert [e["probs"] for e in kept] == [[0.9, 0.1], [0.3, 0.7]]

@@ -217,6 +217,7 @@ def cmd_value(args):
         self_train_rounds=args.self_train_rounds,
         self_train_fractions=args.self_train_fractions,
         distill_epochs=args.distill_epochs,
+        distill_targets=args.distill_targets,
         resume=args.resume,
         overwrite=args.overwrite,
     )
@@ -543,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="passes of a distill: student over labels + pseudo-labels (default 1)",
+    )
+    p.add_argument(
+        "--distill-targets",
+        choices=["soft", "hard"],
+        default="soft",
+        help="a distill: student learns the teacher's class distributions (soft, default) or its argmax labels (hard)",
     )
     p.add_argument(
         "--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)"

@@ -51,7 +51,7 @@ from lmvalue.models import check_vocab, count_parameters, forward_parameters, pr
 from lmvalue.prompting.scorer import check_masked_lm_start, resolve_prompt
 from lmvalue.prompting.training import fit_prompt
 from lmvalue.tasks import TaskSpec, build_spec, infer_kind, list_some
-from lmvalue.tasks.encode import LabeledBatches, collate, encode, model_inputs
+from lmvalue.tasks.encode import LabeledBatches, collate, encode, model_inputs, soft_cross_entropy
 from lmvalue.tasks.metrics import summary
 from lmvalue.tasks.pooling import reinit_top_layers, set_pooling
 from lmvalue.transfer import run_steps, save_task_folder
@@ -628,6 +628,9 @@ def _train_network(
             labels = batch["labels"]
             logits = m(**model_inputs(batch)).logits[:, -labels.shape[1] :]  # (B, T, C)
             return {"loss": F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)}
+        if "soft_targets" in batch:  # a distilled student: the teacher's distributions as targets
+            out = m(**model_inputs(batch))
+            return {"loss": soft_cross_entropy(out.logits, batch["soft_targets"])}
         return {"loss": m(**batch).loss}  # the model's own loss (AdaLoRA adds its regularizer here)
 
     def epoch_batches(epoch: int):

@@ -60,6 +60,8 @@ def encode(examples: list[dict], spec: TaskSpec, tokenizer, max_length: int, *, 
                     item["labels"] = align_labels([label_id.get(t, IGNORE) for t in ex["tags"]], word_ids)
             elif with_labels:
                 item["labels"] = label_id.get(ex["label"], IGNORE)
+                if ex.get("probs") is not None:  # a teacher's distribution (soft pseudo-label)
+                    item["soft"] = np.asarray(ex["probs"], dtype=np.float32)
             out.append(item)
     return out
 
@@ -100,6 +102,15 @@ def collate(items: list[dict], pad_id: int) -> dict:
             if token_level
             else torch.zeros(n, dtype=torch.long)
         )
+    if not token_level and any("soft" in it for it in items):
+        # soft targets for the whole batch: a teacher's distribution, or one-hot for a gold label
+        n_classes = next(len(it["soft"]) for it in items if "soft" in it)
+        batch["soft_targets"] = torch.zeros((n, n_classes), dtype=torch.float32)
+        for i, it in enumerate(items):
+            if "soft" in it:
+                batch["soft_targets"][i] = torch.from_numpy(it["soft"])
+            else:
+                batch["soft_targets"][i, int(it["labels"])] = 1.0
     for i, it in enumerate(items):
         L = len(it["input_ids"])
         input_ids[i, :L] = torch.from_numpy(it["input_ids"])
@@ -177,6 +188,12 @@ def length_sorted_batches(items: list[dict], batch_size: int) -> list[np.ndarray
     """Indices grouped by length (longest first), so padding stays within similar lengths."""
     order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
     return [np.asarray(order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of −Σ_c target_c · log softmax(logits)_c: the cross-entropy against a
+    teacher's distribution (equal to the usual loss for a one-hot target)."""
+    return -(targets * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
 
 
 def model_inputs(batch: dict) -> dict:

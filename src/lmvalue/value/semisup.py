@@ -77,7 +77,13 @@ def class_prior(labels: list[str], classes: list[str]) -> np.ndarray:
 
 
 def select_pseudo(
-    texts: list[str], probs: np.ndarray, classes: list[str], prior: np.ndarray, fraction: float
+    texts: list[str],
+    probs: np.ndarray,
+    classes: list[str],
+    prior: np.ndarray,
+    fraction: float,
+    *,
+    soft: bool = False,
 ) -> list[dict]:
     """The teacher's most confident pseudo-labels, with per-class quotas that follow ``prior``.
 
@@ -88,7 +94,8 @@ def select_pseudo(
     A class the teacher never predicts gets no pseudo-labels. Ties keep the earlier text.
 
     Returns:
-        ``[{"text", "label", "confidence"}]``, grouped by class.
+        ``[{"text", "label", "confidence"}]``, grouped by class; with ``soft``, each also holds the
+        teacher's whole distribution (``probs``, in ``classes`` order) for a student that learns from it.
     """
     if len(texts) == 0 or fraction <= 0:
         return []
@@ -105,7 +112,11 @@ def select_pseudo(
         quota = int(np.floor(want[c] * scale + 1e-9))
         idx = np.flatnonzero(pred == c)
         order = idx[np.argsort(-probs[idx, c], kind="stable")][:quota]
-        out += [{"text": texts[i], "label": classes[c], "confidence": float(probs[i, c])} for i in order]
+        for i in order:
+            ex = {"text": texts[i], "label": classes[c], "confidence": float(probs[i, c])}
+            if soft:
+                ex["probs"] = [float(p) for p in probs[i]]
+            out.append(ex)
     return out
 
 

@@ -268,6 +268,7 @@ class StudyConfig:
     self_train_rounds: int = 3
     self_train_fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
     distill_epochs: float = 1.0
+    distill_targets: str = "soft"  # the teacher's distributions (soft) or its argmax labels (hard)
     resume: bool = False
     overwrite: bool = False
 
@@ -328,6 +329,8 @@ class StudyConfig:
             out.append(
                 f"--self-train-fractions must be shares of the pool in (0, 1], got {self.self_train_fractions}"
             )
+        if self.distill_targets not in ("soft", "hard"):
+            out.append(f"--distill-targets must be soft or hard, got {self.distill_targets!r}")
         if not self.distill_epochs > 0:
             out.append(f"--distill-epochs must be > 0, got {self.distill_epochs:g}")
         return out
@@ -598,6 +601,7 @@ RESULT_SETTINGS = (
     "self_train_rounds",
     "self_train_fractions",
     "distill_epochs",
+    "distill_targets",
 )
 
 
@@ -1015,7 +1019,14 @@ def run_semisup_cell(
                     build_config(FinetuneConfig, overrides=overrides),
                     train_examples=train,
                     test_examples=test,
-                    extra_train=[{"text": e["text"], "label": e["label"]} for e in extra],
+                    extra_train=[
+                        {
+                            "text": e["text"],
+                            "label": e["label"],
+                            **({"probs": e["probs"]} if "probs" in e else {}),
+                        }
+                        for e in extra
+                    ],
                     score_test=False,
                     keep_model=True,
                 )
@@ -1059,7 +1070,9 @@ def run_semisup_cell(
         )
     final, extra = teacher, {}
     if arm.kind == "distill":
-        pseudo = select_pseudo(texts, predict(teacher.model, texts), classes, prior, 1.0)
+        pseudo = select_pseudo(
+            texts, predict(teacher.model, texts), classes, prior, 1.0, soft=cfg.distill_targets == "soft"
+        )
         fit_student = fitter(
             parse_arm(DISTILL_STUDENT),
             state["student"],
@@ -1073,6 +1086,7 @@ def run_semisup_cell(
             "teacher_dev_score": teacher.dev_score,
             "teacher_round": teacher.round,
             "distill_pseudo_labels": len(pseudo),
+            "distill_targets": cfg.distill_targets,
         }
     test_scores = score(final.model, test)  # the one look at the test set
     m = final.info
