@@ -12,7 +12,7 @@ PACKAGE = Path(lmvalue.__file__).parent
 LAYERS = [
     ("lmvalue", "lmvalue.errors", "lmvalue.files", "lmvalue.plotting", "lmvalue.dropout"),
     ("lmvalue.config", "lmvalue.data", "lmvalue.tokenizer", "lmvalue.attention"),
-    ("lmvalue.weights", "lmvalue.checkpoint", "lmvalue.models"),
+    ("lmvalue.weights", "lmvalue.checkpoint", "lmvalue.models", "lmvalue.vector_init"),
     ("lmvalue.objectives", "lmvalue.methods", "lmvalue.tasks"),
     ("lmvalue.loop", "lmvalue.inference", "lmvalue.transfer", "lmvalue.prompting", "lmvalue.generate"),
     ("lmvalue.pretrain", "lmvalue.finetune", "lmvalue.prompting.training"),

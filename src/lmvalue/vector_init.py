@@ -28,9 +28,10 @@ def piece_vectors(texts, tokenizer, *, dim: int, seed: int, epochs: int = 3, max
     """word2vec skip-gram vectors of the tokenizer's pieces over ``texts`` (one worker: reproducible)."""
     from gensim.models import Word2Vec
 
-    from lmvalue.methods.embeddings import quiet_gensim
-
-    quiet_gensim()
+    # gensim logs every epoch at INFO: keep it to warnings unless lmvalue runs verbose
+    logging.getLogger("gensim").setLevel(
+        logging.NOTSET if log.isEnabledFor(logging.DEBUG) else logging.WARNING
+    )
     sentences = []
     for i, text in enumerate(texts):
         if i >= max_texts:

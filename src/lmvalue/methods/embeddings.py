@@ -50,7 +50,7 @@ def quiet_gensim() -> None:
     )
 
 
-def _cjk(texts: list[str]) -> bool:
+def is_cjk(texts: list[str]) -> bool:
     from lmvalue.methods.tfidf import cjk_share
 
     return cjk_share(texts) > 0.5
@@ -134,7 +134,7 @@ def resolve_vectors(cfg, seed: int, cjk_hint: bool):
     from lmvalue.data.sources import load_texts
 
     texts = load_texts(ref)
-    cjk = _cjk(texts) if texts else cjk_hint
+    cjk = is_cjk(texts) if texts else cjk_hint
     h = hashlib.blake2b(digest_size=16)
     for t in texts:
         h.update(t.encode("utf-8") + b"\x00")
@@ -188,7 +188,7 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     if spec.level == "token":
         raise DataError("method embeddings supports classification and pair tasks, not tagging")
     texts = classifier_inputs(train_set)
-    cjk = _cjk(texts)
+    cjk = is_cjk(texts)
     kv, info = resolve_vectors(cfg, seed, cjk)
     labels = [ex["label"] for ex in train_set]
     features = MeanVectors(kv, cjk)

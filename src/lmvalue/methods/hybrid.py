@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmvalue.errors import DataError
-from lmvalue.methods.embeddings import MeanVectors, _cjk, resolve_vectors
+from lmvalue.methods.embeddings import MeanVectors, is_cjk, resolve_vectors
 
 # fitted pipelines are scikit-learn ones, saved and loaded like TF-IDF's
 from lmvalue.methods.tfidf import classifier_inputs, load, prepare, save  # noqa: F401
@@ -44,7 +44,7 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     if spec.level == "token":
         raise DataError("method hybrid supports classification and pair tasks, not tagging")
     texts = classifier_inputs(train_set)
-    cjk = _cjk(texts)
+    cjk = is_cjk(texts)
     kv, info = resolve_vectors(cfg, seed, cjk)
     labels = [ex["label"] for ex in train_set]
     grid = list(cfg.tfidf_c) if dev else [1.0]
