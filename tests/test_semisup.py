@@ -208,6 +208,7 @@ def test_self_trained_and_distilled_arms_in_a_study(reviews, tmp_path):
         finetune_overrides={"train.batch_size": 16, "data.max_length": 32},
         self_train_rounds=2,
     )
+    assert cfg.distill_targets == "hard"
     summary = run_study(cfg)
     assert not summary["failures"], summary["failures"]
     study = tmp_path / "study"
@@ -223,7 +224,7 @@ def test_self_trained_and_distilled_arms_in_a_study(reviews, tmp_path):
     assert cells["nbsvm+self"]["metrics"]["pseudo_labels"] == st["chosen"]["pseudo_labels"]
     d = cells["distill:nbsvm"]["metrics"]
     # the student learned from every pseudo-label of the pool, beside the gold training split
-    assert d["distill_pseudo_labels"] == d["pseudo_labels"] > 300 and d["distill_targets"] == "soft"
+    assert d["distill_pseudo_labels"] == d["pseudo_labels"] > 300 and d["distill_targets"] == "hard"
     assert d["train_examples"] + d["dev_examples"] == 40
     assert cells["distill:nbsvm"]["trainable_params"] > 10_000  # the student is the transformer
     assert cells["nbsvm+self"]["wall_s"] > cells["nbsvm"]["wall_s"]  # its compute includes the rounds

@@ -268,7 +268,9 @@ class StudyConfig:
     self_train_rounds: int = 3
     self_train_fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
     distill_epochs: float = 1.0
-    distill_targets: str = "soft"  # the teacher's distributions (soft) or its argmax labels (hard)
+    # the teacher's argmax labels (hard) or its distributions (soft); hard measured better on
+    # demo:zh-reviews (docs/value-recipes.md)
+    distill_targets: str = "hard"
     resume: bool = False
     overwrite: bool = False
 
