@@ -266,7 +266,7 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
     cfg = demo_config(str(tmp_path / "demo"))
     assert cfg.arms == ["scratch", "pretrained:mlm", "tfidf", "nbsvm", "embeddings", "hybrid"]
     assert cfg.seeds == 3
-    assert cfg.pretrain_steps == 5000 and cfg.pretrain_minutes is None  # reproducible on any machine
+    assert cfg.pretrain_steps == 4000 and cfg.pretrain_minutes is None  # reproducible on any machine
     assert len(cfg.budgets) == 4
     assert not cfg.problems()
     states = {

@@ -479,14 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="the whole value study on built-in data (demo:zh-reviews), in about 15 minutes on 2 CPU cores",
-        description="Are the unlabeled demo reviews worth labels? scratch vs pretrained:mlm (5,000 steps of "
+        description="Are the unlabeled demo reviews worth labels? scratch vs pretrained:mlm (4,000 steps of "
         "masked LM) vs word vectors, against the label-only baselines tfidf and nbsvm, over 4 label budgets "
         "and 3 seeds; prints the verdict (its first line names what paid) and the report's path.",
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="1,000 steps of pretraining instead of 5,000 (about 7 minutes in all; so short a pretraining "
+        help="1,000 steps of pretraining instead of 4,000 (about 7 minutes in all; so short a pretraining "
         "does not pay on this data)",
     )
     p.add_argument("--output", "-o", default="runs/demo", help="study folder (default runs/demo)")

@@ -218,7 +218,7 @@ def parse_arm(spec: str) -> Arm:
 
 DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
 # `lmvalue demo`'s pretraining, in steps (reproducible); --quick uses DEMO_QUICK_STEPS
-DEMO_PRETRAIN_STEPS = 5000
+DEMO_PRETRAIN_STEPS = 4000
 DEMO_QUICK_STEPS = 1000
 # The recipe measured to pay for small models pretrained on a CPU budget (docs/value-recipes.md). It is
 # applied to the arms it was measured on (scratch and pretrained:*), never to checkpoint:/continued: arms,
@@ -1127,7 +1127,7 @@ def demo_config(
     The unlabeled corpus is every review outside the test split (their labels unused); the settings
     below trade statistical power for time. Pretraining is a number of steps, so the demo gives the
     same models and scores on every machine (docs/value-recipes.md: 6,900 steps, about 20 minutes with
-    the engine of that study and 11 with today's, paid at 32 labels; the demo's 5,000 fit its 15
+    the engine of that study and 11 with today's, paid at 32 labels; the demo's 4,000 fit its 15
     minutes). The study's "What paid" line names the arm that paid at each budget.
     """
     return StudyConfig(
