@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="1,000 steps of pretraining instead of 4,000 (about 7 minutes in all; so short a pretraining "
+        help="1,000 steps of pretraining instead of 4,000 (about 5 minutes less; so short a pretraining "
         "does not pay on this data)",
     )
     p.add_argument("--output", "-o", default="runs/demo", help="study folder (default runs/demo)")
