@@ -183,7 +183,7 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     """Fit one pipeline per ``cfg.tfidf_c`` on the averaged vectors, keep the best on ``dev``."""
     from sklearn.linear_model import LogisticRegression
 
-    from lmvalue.methods.tfidf import classifier_inputs
+    from lmvalue.methods.tfidf import choose_c, classifier_inputs
 
     if spec.level == "token":
         raise DataError("method embeddings supports classification and pair tasks, not tagging")
@@ -193,17 +193,12 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     labels = [ex["label"] for ex in train_set]
     features = MeanVectors(kv, cjk)
     x = features.transform(texts)
-    grid = list(cfg.tfidf_c) if dev else [1.0]
-    best, best_score, scores = None, (-np.inf,), {}
-    for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed).fit(
-            x, labels
-        )
-        pipe = VectorClassifier(features, clf)
-        s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
-        scores[str(c)] = s[0]
-        if s > best_score:
-            best, best_score = pipe, s
+
+    def fit(c):
+        clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
+        return VectorClassifier(features, clf.fit(x, labels))
+
+    best, scores = choose_c(fit, dev, cfg, score)
     info.update(
         C=best.named_steps["logreg"].C,
         dev_scores_by_C=scores,

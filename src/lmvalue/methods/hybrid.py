@@ -11,13 +11,11 @@ classical methods.
 
 from __future__ import annotations
 
-import numpy as np
-
 from lmvalue.errors import DataError
 from lmvalue.methods.embeddings import MeanVectors, is_cjk, resolve_vectors
 
 # fitted pipelines are scikit-learn ones, saved and loaded like TF-IDF's
-from lmvalue.methods.tfidf import classifier_inputs, load, prepare, save  # noqa: F401
+from lmvalue.methods.tfidf import choose_c, classifier_inputs, load, prepare, save  # noqa: F401
 
 
 def build(texts: list[str], kv, cjk: bool, cfg, c: float, seed: int):
@@ -47,14 +45,7 @@ def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -
     cjk = is_cjk(texts)
     kv, info = resolve_vectors(cfg, seed, cjk)
     labels = [ex["label"] for ex in train_set]
-    grid = list(cfg.tfidf_c) if dev else [1.0]
-    best, best_score, scores = None, (-np.inf,), {}
-    for c in grid:
-        pipe = build(texts, kv, cjk, cfg, c, seed).fit(texts, labels)
-        s = score(pipe, dev) if dev else (0.0,)
-        scores[str(c)] = s[0]
-        if s > best_score:
-            best, best_score = pipe, s
+    best, scores = choose_c(lambda c: build(texts, kv, cjk, cfg, c, seed).fit(texts, labels), dev, cfg, score)
     vec = best.named_steps["features"].transformer_list[1][1]
     info.update(
         C=best.named_steps["logreg"].C,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmvalue.errors import DataError
-from lmvalue.methods.tfidf import cjk_share, classifier_inputs, load, prepare, save  # noqa: F401
+from lmvalue.methods.tfidf import choose_c, cjk_share, classifier_inputs, load, prepare, save  # noqa: F401
 
 ALPHA = 1.0  # smoothing of the naive-Bayes counts
 
@@ -90,14 +90,7 @@ def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tu
         raise DataError("method nbsvm supports classification and pair tasks, not tagging")
     texts = classifier_inputs(train)
     labels = [ex["label"] for ex in train]
-    grid = list(cfg.tfidf_c) if dev else [1.0]
-    best, best_score, scores = None, (-np.inf,), {}
-    for c in grid:
-        model = fit(texts, labels, cfg, c, seed)
-        s = score(model, dev) if dev else (0.0,)
-        scores[str(c)] = s[0]
-        if s > best_score:
-            best, best_score = model, s
+    best, scores = choose_c(lambda c: fit(texts, labels, cfg, c, seed), dev, cfg, score)
     vec = best.named_steps["vectorizer"]
     info = {
         "C": best.named_steps["logreg"].C,

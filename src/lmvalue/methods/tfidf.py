@@ -46,6 +46,20 @@ def build(texts: list[str], cfg, c: float, seed: int):
     return Pipeline([("tfidf", vectorizer), ("logreg", clf)])
 
 
+def choose_c(fit, dev: list[dict], cfg, score) -> tuple[object, dict]:
+    """``fit(C)`` for every C of ``cfg.tfidf_c`` (only C=1 without a dev split); keep the best by
+    ``score(model, dev)`` = (metric, tie-breaker), the first of equals. Returns (model, dev score by C)."""
+    grid = list(cfg.tfidf_c) if dev else [1.0]
+    best, best_score, scores = None, (-np.inf,), {}
+    for c in grid:
+        model = fit(c)
+        s = score(model, dev) if dev else (0.0,)
+        scores[str(c)] = s[0]
+        if s > best_score:
+            best, best_score = model, s
+    return best, scores
+
+
 def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tuple[object, dict]:
     """Fit one pipeline per ``cfg.tfidf_c`` on ``train``, keep the best on ``dev``.
 
@@ -59,14 +73,7 @@ def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tu
         raise DataError("method tfidf supports classification and pair tasks, not tagging")
     texts = classifier_inputs(train)
     labels = [ex["label"] for ex in train]
-    grid = list(cfg.tfidf_c) if dev else [1.0]
-    best, best_score, scores = None, (-np.inf,), {}
-    for c in grid:
-        pipe = build(texts, cfg, c, seed).fit(texts, labels)
-        s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
-        scores[str(c)] = s[0]
-        if s > best_score:
-            best, best_score = pipe, s
+    best, scores = choose_c(lambda c: build(texts, cfg, c, seed).fit(texts, labels), dev, cfg, score)
     vec = best.named_steps["tfidf"]
     info = {
         "C": best.named_steps["logreg"].C,
