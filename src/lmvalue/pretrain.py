@@ -22,12 +22,13 @@ from lmvalue.errors import ConfigError, DataError
 from lmvalue.loop import make_accelerator, param_checksum, resolve_precision, train_loop
 from lmvalue.models import build_lm, count_parameters, is_decoder
 from lmvalue.objectives import (
-    PAIR_OBJECTIVES,
     ObjectiveModule,
     ObjectiveSet,
     build_objectives,
     check_objectives,
     objective_needs,
+    pair_kind,
+    reference_mlm_applies,
 )
 from lmvalue.objectives.mlm import MaskedLM
 from lmvalue.tokenizer import load_tokenizer, train_tokenizer
@@ -207,7 +208,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
         sep_id=sep,
         cls_id=cls,
         pad_id=tokenizer.pad_token_id,
-        pair_kind=next((n for n in cfg.objective.names if n in PAIR_OBJECTIVES), None),
+        pair_kind=pair_kind(cfg.objective.names),
     )
     packed_eval_docs = eval_docs
     if token_cache is not None:
@@ -382,7 +383,7 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resume_from, accelerator, re
     reference = None
     if (
         cfg.objective.reference_mlm
-        and "rtd" not in cfg.objective.names  # its MLM head is the generator's
+        and reference_mlm_applies(cfg.objective.names)
         and data.layout["cls_id"] is not None
         and tokenizer.mask_token_id is not None
     ):

@@ -35,7 +35,8 @@ from lmvalue.objectives.simcse import SimCSE
 from lmvalue.objectives.tags import TagPrediction
 from lmvalue.objectives.wwm import SpanMasking, WholeWordMasking
 
-# name -> objective class. Adding an objective means adding one line here.
+# name -> objective class (its traits: lmvalue.objectives.base.Objective). Adding an objective
+# means one new file and one line here.
 OBJECTIVES = {
     "mlm": MaskedLM,
     "wwm": WholeWordMasking,
@@ -47,10 +48,6 @@ OBJECTIVES = {
     "simcse": SimCSE,
     "rtd": ReplacedTokenDetection,
 }
-# Objectives that corrupt the input to predict tokens (one per run) and those that build the inputs as pairs (one per run).
-TOKEN_PREDICTION = ("mlm", "wwm", "span", "clm", "rtd")
-PAIR_OBJECTIVES = ("nsp", "sop")
-ENCODER_ONLY = ("mlm", "wwm", "span", "nsp", "sop", "simcse", "rtd")
 
 
 def check_objectives(names: list[str], arch: str | None = None) -> None:
@@ -69,25 +66,39 @@ def check_objectives(names: list[str], arch: str | None = None) -> None:
         )
     if len(set(names)) != len(names):
         problems.append(f"objective.names={names} names an objective twice")
-    predicting = [n for n in names if n in TOKEN_PREDICTION]
+    known = [OBJECTIVES[n] for n in names if n in OBJECTIVES]
+    predicting = [o.name for o in known if o.predicts_tokens]
     if len(predicting) > 1:
-        problems.append(
-            f"objectives {' and '.join(predicting)} both predict tokens; pick one of {', '.join(TOKEN_PREDICTION)}"
-        )
-    pairs = [n for n in names if n in PAIR_OBJECTIVES]
+        choices = ", ".join(n for n, o in OBJECTIVES.items() if o.predicts_tokens)
+        problems.append(f"objectives {' and '.join(predicting)} both predict tokens; pick one of {choices}")
+    pairs = [o.name for o in known if o.pair_kind]
     if len(pairs) > 1:
-        problems.append("objectives nsp and sop both build the sentence pairs; pick one")
-    if arch in ("gpt2", "llama"):
-        wrong = [n for n in names if n in ENCODER_ONLY]
-        if wrong:
+        problems.append(f"objectives {' and '.join(pairs)} both build the sentence pairs; pick one")
+    if arch is not None:
+        needed = "decoder" if arch in ("gpt2", "llama") else "encoder"
+        wrong = [o.name for o in known if o.architecture not in ("any", needed)]
+        if wrong and needed == "decoder":
             problems.append(
                 f"objective(s) {', '.join(wrong)} need an encoder (model.arch=bert); "
                 f"model.arch={arch} is a decoder: use objective clm"
             )
-    elif arch is not None and "clm" in names:
-        problems.append(f"objective clm needs a decoder (model.arch=gpt2 or llama), not model.arch={arch}")
+        elif wrong:
+            problems.append(
+                f"objective {' and '.join(wrong)} needs a decoder (model.arch=gpt2 or llama), "
+                f"not model.arch={arch}"
+            )
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def pair_kind(names: list[str]) -> str | None:
+    """``nsp`` / ``sop`` when one of these objectives trains on sentence pairs, else None."""
+    return next((OBJECTIVES[n].pair_kind for n in names if OBJECTIVES[n].pair_kind), None)
+
+
+def reference_mlm_applies(names: list[str]) -> bool:
+    """Whether the encoder trained by these objectives may be scored by plain random-token MLM."""
+    return all(OBJECTIVES[n].reference_mlm for n in names)
 
 
 def objective_needs(names: list[str]) -> set[str]:
@@ -174,7 +185,7 @@ class ObjectiveSet:
             metrics[f"eval_{n}_loss"] = mean
             if n in correct:
                 metrics[f"eval_{n}_accuracy"] = correct[n] / max(weights[n], 1e-9)
-            if n in ("mlm", "wwm", "span", "clm"):
+            if objective.perplexity:
                 metrics[f"eval_{n}_perplexity"] = math.exp(min(mean, 50.0))
             total += weight * mean
         for k in sorted(sums):

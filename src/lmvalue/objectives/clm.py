@@ -13,6 +13,7 @@ import torch
 
 from lmvalue.errors import ConfigError
 from lmvalue.models import is_decoder
+from lmvalue.objectives.base import Objective
 from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import IGNORE, masked_lm_loss
 
@@ -27,10 +28,13 @@ def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     return labels
 
 
-class CausalLM:
+class CausalLM(Objective):
     """Objective ``clm``: next-token prediction."""
 
     name = "clm"
+    predicts_tokens = True
+    architecture = "decoder"
+    perplexity = True
     needs: frozenset[str] = frozenset()
 
     @classmethod

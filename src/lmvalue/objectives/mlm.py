@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from lmvalue.errors import ConfigError
 from lmvalue.models import is_decoder
+from lmvalue.objectives.base import Objective
 from lmvalue.objectives.forward import Encoded
 
 IGNORE = -100
@@ -119,10 +120,13 @@ def never_masked(tokenizer) -> set[int]:
     return ids
 
 
-class MaskedLM:
+class MaskedLM(Objective):
     """Objective ``mlm``: random token masking with exact per-sequence rate and 80/10/10 corruption."""
 
     name = "mlm"
+    predicts_tokens = True
+    architecture = "encoder"
+    perplexity = True
     needs: frozenset[str] = frozenset()
 
     def __init__(self, tokenizer, *, mask_rate=0.15, mask_token_share=0.8, random_token_share=0.1):

@@ -117,6 +117,8 @@ class ReplacedTokenDetection(MaskedLM):
     """Objective ``rtd``: ELECTRA's generator + discriminator; the discriminator is the model kept."""
 
     name = "rtd"
+    perplexity = False  # its loss mixes the generator's and the discriminator's
+    reference_mlm = False  # its MLM head is the generator's
     needs: frozenset[str] = frozenset()
 
     def __init__(self, tokenizer, *, model=None, share=0.25, weight=50.0, **masking):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lmvalue.errors import ConfigError
+from lmvalue.objectives.base import Objective
 from lmvalue.objectives.forward import Encoded
 
 
@@ -61,41 +62,33 @@ def pair_losses(classifier: torch.nn.Module, encoded: Encoded, batch: dict, name
     }
 
 
-class NextSentencePrediction:
+class SentencePairPrediction(Objective):
+    """A two-way classifier on the pooled ``[CLS]`` of a pair; subclasses name the kind of pairs."""
+
+    needs = frozenset({"pairs"})
+    architecture = "encoder"
+
+    def __init__(self, model=None):
+        self.classifier = attach_pair_head(model, self.name) if model is not None else None
+
+    @classmethod
+    def from_config(cls, tokenizer, cfg, *, model=None, **_):
+        return cls(model)
+
+    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
+        return batch  # the pairs and their labels are built with the data (``pair_kind``)
+
+    def losses(self, encoded: Encoded, batch: dict) -> dict:
+        return pair_losses(self.classifier, encoded, batch, self.name)
+
+
+class NextSentencePrediction(SentencePairPrediction):
     """Objective ``nsp``: does B follow A in the same document, or come from another one?"""
 
-    name = "nsp"
-    needs = frozenset({"pairs"})
-
-    def __init__(self, model=None):
-        self.classifier = attach_pair_head(model, self.name) if model is not None else None
-
-    @classmethod
-    def from_config(cls, tokenizer, cfg, *, model=None, **_):
-        return cls(model)
-
-    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
-        return batch  # the pairs and their labels are built with the data
-
-    def losses(self, encoded: Encoded, batch: dict) -> dict:
-        return pair_losses(self.classifier, encoded, batch, self.name)
+    name = pair_kind = "nsp"
 
 
-class SentenceOrderPrediction:
+class SentenceOrderPrediction(SentencePairPrediction):
     """Objective ``sop``: are two consecutive segments of a document in their order, or swapped?"""
 
-    name = "sop"
-    needs = frozenset({"pairs"})
-
-    def __init__(self, model=None):
-        self.classifier = attach_pair_head(model, self.name) if model is not None else None
-
-    @classmethod
-    def from_config(cls, tokenizer, cfg, *, model=None, **_):
-        return cls(model)
-
-    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
-        return batch  # the pairs and their labels are built with the data
-
-    def losses(self, encoded: Encoded, batch: dict) -> dict:
-        return pair_losses(self.classifier, encoded, batch, self.name)
+    name = pair_kind = "sop"

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lmvalue.errors import ConfigError
+from lmvalue.objectives.base import Objective
 from lmvalue.objectives.forward import MODEL_INPUTS, Encoded, body_and_lm_head
 
 
@@ -31,10 +32,11 @@ def contrastive_loss(
     return loss, correct
 
 
-class SimCSE:
+class SimCSE(Objective):
     """Objective ``simcse``: contrast two dropout views of each row's ``[CLS]`` state."""
 
     name = "simcse"
+    architecture = "encoder"
     needs: frozenset[str] = frozenset()
 
     def __init__(self, temperature: float = 0.05):

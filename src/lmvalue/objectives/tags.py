@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lmvalue.errors import ConfigError
+from lmvalue.objectives.base import Objective
 from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import IGNORE
 
@@ -38,7 +39,7 @@ def attach_tag_head(model, labels: list[str]) -> torch.nn.Linear:
     return head
 
 
-class TagPrediction:
+class TagPrediction(Objective):
     """Objective ``tags``: predict each word's tag at its first token."""
 
     name = "tags"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lmvalue.errors import ConfigError
+from lmvalue.objectives.base import Objective
 from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import MaskedLM, check_encoder, masked_lm_loss
 
@@ -143,10 +144,13 @@ def _word_start(batch: dict, name: str) -> torch.Tensor:
     return batch["word_start"]
 
 
-class WholeWordMasking:
+class WholeWordMasking(Objective):
     """Objective ``wwm``: mask whole words (all their pieces) up to the token budget."""
 
     name = "wwm"
+    predicts_tokens = True
+    architecture = "encoder"
+    perplexity = True
     needs = frozenset({"word_start"})
 
     def __init__(self, tokenizer, *, mask_rate=0.15, mask_token_share=0.8, random_token_share=0.1):
@@ -179,10 +183,13 @@ class WholeWordMasking:
         return masked_lm_loss(encoded, batch["labels"], self.name)
 
 
-class SpanMasking:
+class SpanMasking(Objective):
     """Objective ``span``: mask spans of whole words with geometric lengths (SpanBERT)."""
 
     name = "span"
+    predicts_tokens = True
+    architecture = "encoder"
+    perplexity = True
     needs = frozenset({"word_start"})
 
     def __init__(
