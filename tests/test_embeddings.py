@@ -4,9 +4,8 @@ logistic regression; it learns, saves and reloads; and its value-study arm."""
 import numpy as np
 import pytest
 
-from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import ConfigError
-from lmvalue.finetune import finetune
+from lmvalue.finetune import finetune, finetune_config
 from lmvalue.inference import load_task_model, score
 from lmvalue.methods.embeddings import MeanVectors, words
 
@@ -22,8 +21,7 @@ def corpus(reviews, tmp_path_factory):
 
 
 def run_cfg(out, corpus, **kw):
-    return build_config(
-        FinetuneConfig,
+    return finetune_config(
         overrides={
             "method.name": "embeddings",
             "method.vectors": str(corpus),
@@ -125,4 +123,4 @@ def test_hybrid_reads_both_views_and_learns(reviews, corpus, tmp_path):
     coef = task.pipeline.named_steps["logreg"].coef_[0]
     assert np.abs(coef[:48]).max() > 0.1 and np.abs(coef[48:]).max() > 0.1  # both views are used
     with pytest.raises(ConfigError, match="method hybrid needs method.vectors"):
-        build_config(FinetuneConfig, overrides={"method.name": "hybrid"})
+        finetune_config(overrides={"method.name": "hybrid"})

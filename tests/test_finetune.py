@@ -3,6 +3,7 @@ merges; evaluate and predict; and every kind of bad input stops with a clear mes
 
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from lmvalue.cli import main
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import CheckpointError, ConfigError, DataError
-from lmvalue.finetune import finetune, load_task_data
+from lmvalue.finetune import finetune, finetune_config, load_task_data
 from lmvalue.inference import load_task_model, score
 
 TINY = {
@@ -396,8 +397,7 @@ def test_nothing_is_overwritten_and_the_cli_exits_2(reviews, tmp_path, capsys):
 
 def test_bad_configs_are_reported_at_once():
     with pytest.raises(ConfigError) as e:
-        build_config(
-            FinetuneConfig,
+        finetune_config(
             overrides={
                 "method.name": "prefix",
                 "method.merge": True,
@@ -408,7 +408,13 @@ def test_bad_configs_are_reported_at_once():
     msg = str(e.value)
     assert "prefix cannot be merged" in msg and "exclude each other" in msg and "no starting point" in msg
     with pytest.raises(ConfigError, match="method.name='qlora' is unknown"):
-        build_config(FinetuneConfig, overrides={"method.name": "qlora"})
+        finetune_config(overrides={"method.name": "qlora"})
+    # A config built without the registry's checks still cannot run: finetune() checks it on entry,
+    # before anything is read or written.
+    cfg = build_config(FinetuneConfig, overrides={"method.name": "qlora", "train.output_dir": "never-made"})
+    with pytest.raises(ConfigError, match="method.name='qlora' is unknown"):
+        finetune(cfg, train_examples=[{"text": "a", "label": "x"}])
+    assert not os.path.exists("never-made")
 
 
 def test_from_scratch_uses_the_checkpoint_architecture_with_fresh_weights(sentiment_base, tmp_path):

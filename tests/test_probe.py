@@ -9,7 +9,7 @@ import torch
 
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import ConfigError
-from lmvalue.finetune import finetune, load_task_data
+from lmvalue.finetune import finetune, finetune_config, load_task_data
 from lmvalue.inference import load_task_model, score
 from lmvalue.methods.probe import EncoderFeatures
 
@@ -68,9 +68,7 @@ def test_features_are_masked_means_of_the_chosen_states(tiny_encoder):
 def test_probe_needs_a_pretrained_encoder(tmp_path):
     for extra in ({}, {"model.from_scratch": True, "model.init_from": "x"}):
         with pytest.raises(ConfigError, match="method probe reads the features of a pretrained encoder"):
-            build_config(
-                FinetuneConfig, overrides={"method.name": "probe", "train.output_dir": str(tmp_path), **extra}
-            )
+            finetune_config(overrides={"method.name": "probe", "train.output_dir": str(tmp_path), **extra})
     with pytest.raises(ConfigError, match="probe_layers"):
         build_config(
             FinetuneConfig,

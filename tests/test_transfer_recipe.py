@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import ConfigError
-from lmvalue.finetune import llrd_groups
+from lmvalue.finetune import finetune_config, llrd_groups
 
 
 def test_llrd_groups_scale_each_layer_and_keep_every_weight_once():
@@ -180,7 +180,7 @@ def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_t
         ({"method.name": "lora", "model.reinit_layers": 1}, "needs method full"),
     ):
         with pytest.raises(ConfigError, match=match):
-            build_config(FinetuneConfig, overrides={"model.init_from": "x", **bad})
+            finetune_config(overrides={"model.init_from": "x", **bad})
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

@@ -98,7 +98,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.field=VALUE", help="dotted overrides")
 
 
-def config_from_args(cls, args: argparse.Namespace):
+def config_from_args(cls, args: argparse.Namespace, checks=()):
+    """The command's config from its flags, ``--config`` and dotted overrides; ``checks``: more
+    ``cfg -> problems`` functions (the plug-in registries')."""
     from lmvalue.config import build_config, load_yaml
 
     overrides = {k: v for k, v in vars(args).items() if "." in k}
@@ -123,9 +125,9 @@ def config_from_args(cls, args: argparse.Namespace):
         from lmvalue.config import from_dict, validate
 
         cfg = from_dict(cls, saved)
-        validate(cfg)
+        validate(cfg, checks)
         return cfg
-    return build_config(cls, yaml_path=yaml_path, overrides=overrides)
+    return build_config(cls, yaml_path=yaml_path, overrides=overrides, checks=checks)
 
 
 # --- verbs -------------------------------------------------------------------------------------
@@ -270,8 +272,9 @@ def cmd_generate(args):
 def cmd_finetune(args):
     from lmvalue.config import FinetuneConfig
     from lmvalue.finetune import finetune
+    from lmvalue.methods import config_problems
 
-    cfg = config_from_args(FinetuneConfig, args)
+    cfg = config_from_args(FinetuneConfig, args, checks=[config_problems])
     m = finetune(cfg)
     if int(os.environ.get("RANK", 0)) != 0:
         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,16 +463,9 @@ class MethodConfig:
     )
 
     def problems(self) -> list[str]:
-        from lmvalue.methods import METHODS
-
+        """Checks of the values alone; what needs the method registry (is the name known, can it
+        merge, which options it requires) is :func:`lmvalue.methods.config_problems`."""
         out = []
-        if self.name not in METHODS:
-            out.append(f"method.name={self.name!r} is unknown; choose one of {', '.join(METHODS)}")
-        elif self.merge and not METHODS[self.name].can_merge:
-            out.append(
-                f"method.merge: {self.name} cannot be merged into the base weights "
-                f"(mergeable: {', '.join(n for n, m in METHODS.items() if m.can_merge)}); drop --merge"
-            )
         for name in ("lora_r", "adalora_init_r", "adalora_target_r", "num_virtual_tokens", "adapter_size"):
             if getattr(self, name) < 1:
                 out.append(f"method.{name}={getattr(self, name)} must be >= 1")
@@ -481,11 +475,6 @@ class MethodConfig:
             out.append("method.adalora_tinit + method.adalora_tfinal must be in [0, 1)")
         if self.adapter_kind not in ("houlsby", "pfeiffer"):
             out.append(f"method.adapter_kind={self.adapter_kind!r} must be houlsby or pfeiffer")
-        if self.name in ("embeddings", "hybrid") and not self.vectors:
-            out.append(
-                f"method {self.name} needs method.vectors: a text corpus to learn word vectors from (a file, "
-                "folder or demo:NAME), or a saved vectors file (.kv, word2vec .bin/.vec)"
-            )
         if self.probe_layers not in ("all", "last"):
             out.append(f"method.probe_layers={self.probe_layers!r} must be all or last")
         if self.tfidf_analyzer not in ("auto", "char", "word"):
@@ -544,46 +533,19 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
     def problems(self) -> list[str]:
-        from lmvalue.methods import METHODS
-
-        method = METHODS.get(self.method.name)  # an unknown name is reported by MethodConfig
+        """Checks of the values alone; what depends on the method (does it start from a model, read an
+        encoder, have a task head) is :func:`lmvalue.methods.config_problems`."""
         out = []
-        if (method is None or method.uses_model) and not self.model.init_from and not self.model.from_scratch:
-            out.append(
-                "no starting point: set model.init_from (a pretrained run, checkpoint folder or hub name), "
-                "or model.from_scratch=true (with model.init_from, or model.preset and model.tokenizer)"
-            )
         if self.model.from_scratch and not self.model.init_from and not self.model.tokenizer:
             out.append(
                 "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"
             )
-        if (
-            method is not None
-            and method.needs_encoder
-            and (self.model.from_scratch or not self.model.init_from)
-        ):
-            out.append(
-                f"method {method.name} reads the features of a pretrained encoder: set model.init_from (a pretrained "
-                "run, checkpoint folder or hub name) and leave model.from_scratch off"
-            )
         if self.model.pooling not in ("cls", "mean"):
             out.append(f"model.pooling={self.model.pooling!r} must be cls or mean")
-        headless = method is not None and method.headless
         if self.model.head_init not in ("zero", "probe"):
             out.append(f"model.head_init={self.model.head_init!r} must be zero or probe")
-        elif self.model.head_init == "probe" and headless:
-            out.append(f"model.head_init=probe fits a task head; method {self.method.name} has none")
         if self.model.reinit_layers < 0:
             out.append(f"model.reinit_layers={self.model.reinit_layers} must be >= 0")
-        if headless and (self.model.pooling != "cls" or self.model.reinit_layers):
-            out.append(
-                f"model.pooling / model.reinit_layers shape a task head; method {self.method.name} has none"
-            )
-        elif self.model.reinit_layers > 0 and self.method.name != "full":
-            out.append(
-                f"model.reinit_layers needs method full: {self.method.name} would freeze the re-initialised "
-                "layers at random weights"
-            )
         if self.train.llrd is not None and not 0 < self.train.llrd <= 1:
             out.append(f"train.llrd={self.train.llrd} must be in (0, 1] (e.g. 0.8), or none")
         if self.train.min_steps > self.train.max_steps:
@@ -733,17 +695,29 @@ def load_yaml(path: str | Path, *, what: str = "config file") -> dict:
     return data
 
 
-def build_config(cls, *, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
-    """Defaults, then the YAML file, then dotted overrides; validated; every problem reported at once."""
+def build_config(
+    cls,
+    *,
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    checks: Sequence[Callable[[Any], list[str]]] = (),
+):
+    """Defaults, then the YAML file, then dotted overrides; validated; every problem reported at once.
+
+    ``checks``: more ``cfg -> problems`` functions from the layers that own the plug-in registries
+    (e.g. :func:`lmvalue.methods.config_problems` for a :class:`FinetuneConfig`); the recipes run
+    them again on entry, so a config built without them cannot run an unknown method.
+    """
     data: dict = load_yaml(yaml_path) if yaml_path else {}
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     cfg = from_dict(cls, data)
-    validate(cfg)
+    validate(cfg, checks)
     return cfg
 
 
-def validate(cfg) -> None:
+def validate(cfg, checks: Sequence[Callable[[Any], list[str]]] = ()) -> None:
+    """Raise one :class:`ConfigError` listing every problem of ``cfg``, its sections and ``checks``."""
     problems: list[str] = []
     if hasattr(cfg, "problems"):
         problems += cfg.problems()
@@ -751,6 +725,8 @@ def validate(cfg) -> None:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and hasattr(value, "problems"):
             problems += value.problems()
+    for check in checks:
+        problems += check(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 

@@ -40,13 +40,13 @@ from lmvalue.checkpoint import (
     weights_checkpoint,
     write_json_atomic,
 )
-from lmvalue.config import FinetuneConfig, FinetuneModelConfig, save_yaml
+from lmvalue.config import FinetuneConfig, FinetuneModelConfig, build_config, save_yaml, validate
 from lmvalue.data.budget import carve_test, dedupe, draw_budget, input_key, label_counts, split_dev
 from lmvalue.data.sources import load_labeled
 from lmvalue.errors import CheckpointError, ConfigError, DataError
 from lmvalue.inference import TaskModel, check_labels, head_labels, score
 from lmvalue.loop import make_accelerator, resolve_precision, train_loop
-from lmvalue.methods import Method, MethodContext, get_method
+from lmvalue.methods import Method, MethodContext, config_problems, get_method
 from lmvalue.models import check_vocab, count_parameters, forward_parameters, preset_config
 from lmvalue.prompting.scorer import check_masked_lm_start, resolve_prompt
 from lmvalue.prompting.training import fit_prompt
@@ -390,6 +390,16 @@ def llrd_groups(model: torch.nn.Module, decay: float, weight_decay: float) -> li
     ]
 
 
+def finetune_config(yaml_path=None, overrides: dict | None = None) -> FinetuneConfig:
+    """A :class:`~lmvalue.config.FinetuneConfig` from defaults, a YAML file and dotted overrides, checked
+    against the method registry too: every problem is reported at once.
+
+    Raises:
+        ConfigError: listing every problem.
+    """
+    return build_config(FinetuneConfig, yaml_path=yaml_path, overrides=overrides, checks=[config_problems])
+
+
 def finetune(
     cfg: FinetuneConfig,
     *,
@@ -425,6 +435,7 @@ def finetune(
     # A model that collapses (e.g. from scratch with a high learning rate) fills with subnormal
     # floats, which x86 CPUs compute ~100x slower: one such run took 20+ minutes instead of 3.
     torch.set_flush_denormal(True)
+    validate(cfg, [config_problems])  # however cfg was built: nothing runs with an impossible method
     method = get_method(cfg.method.name)
     data = load_task_data(cfg, train_examples=train_examples, test_examples=test_examples)
     if extra_train:

@@ -16,7 +16,7 @@ on its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmvalue.methods import adapters, embeddings, hybrid, nbsvm, peft_methods, prefix, probe, tfidf
@@ -50,6 +50,8 @@ class Method:
             (``prepare(cfg)``, ``train(...)``, ``describe(info)``, ``save(pipe, folder)``, ``load(folder)``).
         uses_model: it starts from a checkpoint or preset (``model.*`` settings apply).
         needs_encoder: it reads an existing pretrained encoder (no ``model.from_scratch``).
+        trains_every_weight: no weight is frozen (``model.reinit_layers`` may apply).
+        required: ``{option: why}``: ``method.<option>`` settings it cannot run without.
     """
 
     name: str
@@ -65,6 +67,8 @@ class Method:
     trainer: object = None
     uses_model: bool = True
     needs_encoder: bool = False
+    trains_every_weight: bool = False
+    required: dict[str, str] = field(default_factory=dict)
 
     @property
     def headless(self) -> bool:
@@ -92,7 +96,14 @@ def _save_full(model, folder: Path) -> None:
 
 
 METHODS: dict[str, Method] = {
-    "full": Method("full", "every weight is trained", apply=_full, save=_save_full, merge=lambda m: m),
+    "full": Method(
+        "full",
+        "every weight is trained",
+        apply=_full,
+        save=_save_full,
+        merge=lambda m: m,
+        trains_every_weight=True,
+    ),
     "lora": Method(
         "lora",
         "low-rank updates of the attention projections (peft)",
@@ -164,6 +175,10 @@ METHODS: dict[str, Method] = {
         family="classical",
         trainer=embeddings,
         uses_model=False,
+        required={
+            "vectors": "a text corpus to learn word vectors from (a file, folder or demo:NAME), or a saved "
+            "vectors file (.kv, word2vec .bin/.vec)"
+        },
     ),
     "hybrid": Method(
         "hybrid",
@@ -172,6 +187,10 @@ METHODS: dict[str, Method] = {
         family="classical",
         trainer=hybrid,
         uses_model=False,
+        required={
+            "vectors": "a text corpus to learn word vectors from (a file, folder or demo:NAME), or a saved "
+            "vectors file (.kv, word2vec .bin/.vec)"
+        },
     ),
     "probe": Method(
         "probe",
@@ -214,3 +233,43 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def config_problems(cfg) -> list[str]:
+    """What makes a fine-tuning config (:class:`lmvalue.config.FinetuneConfig`) wrong for its method:
+    the checks that need this registry, run by ``build_config(..., checks=[config_problems])`` and by
+    :func:`lmvalue.finetune.finetune` on entry."""
+    out = []
+    name, model = cfg.method.name, cfg.model
+    method = METHODS.get(name)
+    if method is None:
+        return [f"method.name={name!r} is unknown; choose one of {', '.join(METHODS)}"]
+    if cfg.method.merge and not method.can_merge:
+        out.append(
+            f"method.merge: {name} cannot be merged into the base weights "
+            f"(mergeable: {', '.join(n for n, m in METHODS.items() if m.can_merge)}); drop --merge"
+        )
+    for option, why in method.required.items():
+        if not getattr(cfg.method, option):
+            out.append(f"method {name} needs method.{option}: {why}")
+    if method.uses_model and not model.init_from and not model.from_scratch:
+        out.append(
+            "no starting point: set model.init_from (a pretrained run, checkpoint folder or hub name), "
+            "or model.from_scratch=true (with model.init_from, or model.preset and model.tokenizer)"
+        )
+    if method.needs_encoder and (model.from_scratch or not model.init_from):
+        out.append(
+            f"method {name} reads the features of a pretrained encoder: set model.init_from (a pretrained "
+            "run, checkpoint folder or hub name) and leave model.from_scratch off"
+        )
+    if method.headless:
+        if model.head_init == "probe":
+            out.append(f"model.head_init=probe fits a task head; method {name} has none")
+        if model.pooling != "cls" or model.reinit_layers:
+            out.append(f"model.pooling / model.reinit_layers shape a task head; method {name} has none")
+    elif model.reinit_layers > 0 and not method.trains_every_weight:
+        out.append(
+            f"model.reinit_layers needs method full: {name} would freeze the re-initialised "
+            "layers at random weights"
+        )
+    return out
