@@ -15,7 +15,7 @@ from lmvalue.value.semisup import (
     self_train,
     unlabeled_pool,
 )
-from lmvalue.value.study import StudyConfig, parse_arm
+from lmvalue.value.study import StudyConfig, parse_arm, study_problems
 
 
 def test_quotas_follow_the_labeled_class_prior_even_when_the_teacher_is_skewed():
@@ -243,7 +243,9 @@ def test_arm_spellings():
     assert parse_arm("embeddings+self").self_train
     a = parse_arm("distill:embeddings+self")
     assert a.kind == "distill" and a.teacher.self_train and a.teacher.kind == "embeddings"
-    problems = StudyConfig(arms=["prompt:pet+self", "distill:", "tfidf"], self_train_fractions=[0]).problems()
+    problems = study_problems(
+        StudyConfig(arms=["prompt:pet+self", "distill:", "tfidf"], self_train_fractions=[0])
+    )
     assert any("+self" in p for p in problems) and any("needs a teacher" in p for p in problems)
     assert any("--self-train-fractions" in p for p in problems)
 

@@ -10,7 +10,7 @@ import pytest
 
 from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.value.registry import Registry
-from lmvalue.value.study import StudyConfig, run_study
+from lmvalue.value.study import StudyConfig, run_study, study_problems
 
 FAKE = r"""
 import json, os, signal, sys
@@ -268,7 +268,7 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
     assert cfg.seeds == 3
     assert cfg.pretrain_steps == 4000 and cfg.pretrain_minutes is None  # reproducible on any machine
     assert len(cfg.budgets) == 4
-    assert not cfg.problems()
+    assert not study_problems(cfg)
     states = {
         "scratch": {"from_scratch": True, "tokenizer": str(tmp_path / "tok")},
         "pretrained:mlm": {"model": str(tmp_path / "arm"), "from_scratch": False},
@@ -372,10 +372,10 @@ def test_arm_options_parse_and_are_refused_where_they_do_not_apply():
         "pretrained:mlm@model.max_position_embeddings=64": "max_position_embeddings",
     }
     for spec, message in problems.items():
-        found = StudyConfig(arms=[spec]).problems()
+        found = study_problems(StudyConfig(arms=[spec]))
         assert len(found) == 1 and message in found[0] and spec in found[0], (spec, found)
     # the study's one tokenizer is shared by all arms: a study-wide tokenizer option would be ignored
-    found = StudyConfig(pretrain_overrides={"tokenizer.vocab_size": 500}).problems()
+    found = study_problems(StudyConfig(pretrain_overrides={"tokenizer.vocab_size": 500}))
     assert len(found) == 1 and "--vocab-size" in found[0] and "@tokenizer.vocab_size=VALUE" in found[0]
 
 

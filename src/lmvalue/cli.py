@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -96,6 +97,60 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
         )
     parser.add_argument("--config", "-c", help="YAML config file (sections as in --help)")
     parser.add_argument("overrides", nargs="*", metavar="section.field=VALUE", help="dotted overrides")
+
+
+def add_flat_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--field-name`` option per field of a flat config (``StudyConfig``, ``ContinualConfig``),
+    typed and documented from the dataclass; ``flag`` / ``short`` / ``choices`` / ``required`` in a
+    field's metadata rename it, add a short spelling, restrict it or make it required; ``flag=None``
+    leaves the field to the YAML file or the Python API."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta or ("flag" in meta and meta["flag"] is None):
+            continue
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        base = inner[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        names = [meta.get("flag") or "--" + f.name.replace("_", "-")] + (
+            [meta["short"]] if "short" in meta else []
+        )
+        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS}
+        if base is bool:
+            kw.update(action="store_const", const=True)
+            shown = ""
+        elif typing.get_origin(base) is list:
+            item = typing.get_args(base)[0]
+            kw.update(nargs="+", type=item, metavar=_type_name(item))
+            shown = " ".join(map(str, default)) if default else "none"
+        elif base is dict or typing.get_origin(base) is dict:
+            kw.update(nargs="*", metavar="KEY=VALUE")
+            shown = "none"
+        else:
+            kw.update(type=base, metavar=_type_name(base))
+            shown = default
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        if meta.get("required"):
+            kw["required"] = True
+        text = meta["help"]
+        if shown != "" and not meta.get("required") and "default" not in text:
+            text += f" (default: {shown})"
+        parser.add_argument(*names, help=text, **kw)
+
+
+def flat_config_from_args(cls, args: argparse.Namespace) -> dict:
+    """The fields given on the command line (``KEY=VALUE`` lists parsed into dicts)."""
+    given = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in vars(args):
+            continue
+        value = getattr(args, f.name)
+        if f.type in ("dict", dict):
+            value = _study_overrides(value, f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+        given[f.name] = value
+    return given
 
 
 def config_from_args(cls, args: argparse.Namespace, checks=()):
@@ -186,44 +241,13 @@ def _print_study(summary: dict) -> None:
 
 
 def cmd_value(args):
-    from lmvalue.value.study import StudyConfig, run_study
+    from lmvalue.config import StudyConfig
+    from lmvalue.value.study import run_study
 
-    cfg = StudyConfig(
-        output_dir=args.output,
-        data=args.data,
-        test=args.test,
-        test_size=args.test_size,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        corpus=args.corpus,
-        arms=args.arms,
-        budgets=args.budgets,
-        seeds=args.seeds,
-        metric=args.metric,
-        preset=args.preset,
-        vocab_size=args.vocab_size,
-        pretrain_minutes=(
-            args.pretrain_minutes
-            if args.pretrain_minutes is not None
-            else (None if args.pretrain_steps else 20.0)
-        ),
-        pretrain_steps=args.pretrain_steps,
-        encoding=args.encoding,
-        errors=args.errors,
-        pretrain_overrides=_study_overrides(args.pretrain, "--pretrain"),
-        finetune_overrides={
-            **({"method.prompt": args.prompt} if args.prompt else {}),
-            **_study_overrides(args.finetune, "--finetune"),
-        },
-        unlabeled_max=args.unlabeled_max,
-        self_train_rounds=args.self_train_rounds,
-        self_train_fractions=args.self_train_fractions,
-        distill_epochs=args.distill_epochs,
-        distill_targets=args.distill_targets,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    _print_study(run_study(cfg))
+    given = flat_config_from_args(StudyConfig, args)
+    if given.get("pretrain_steps") and "pretrain_minutes" not in given:
+        given["pretrain_minutes"] = None  # steps alone decide: the same models on every machine
+    _print_study(run_study(StudyConfig(**given)))
 
 
 def cmd_report(args):
@@ -352,18 +376,10 @@ def cmd_predict(args):
 
 
 def cmd_continual(args):
-    from lmvalue.continual import ContinualConfig, run_continual
+    from lmvalue.config import ContinualConfig
+    from lmvalue.continual import run_continual
 
-    overrides = {}
-    for key in ("replay", "regularizer", "reg_weight"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.output:
-        overrides["output_dir"] = args.output
-    if args.resume:
-        overrides["resume"] = True
-    if args.overwrite:
-        overrides["overwrite"] = True
+    overrides = flat_config_from_args(ContinualConfig, args)
     cfg = ContinualConfig.load(args.config, overrides)
     # --encoding / --errors decode every stage's files (they win over pretrain.data.* of the YAML)
     for key in ("encoding", "errors"):
@@ -440,7 +456,7 @@ def add_encoding_options(p: argparse.ArgumentParser, *, default: str | None = "u
 
 def build_parser() -> argparse.ArgumentParser:
     from lmvalue import __version__
-    from lmvalue.config import TOKENIZER_KINDS, FinetuneConfig, PretrainConfig
+    from lmvalue.config import TOKENIZER_KINDS, ContinualConfig, FinetuneConfig, PretrainConfig, StudyConfig
 
     parser = argparse.ArgumentParser(
         prog="lmvalue",
@@ -506,104 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
         "continued:<path>, tfidf; add /METHOD for lora etc.) x label budgets x seeds, a SQLite registry "
         "of every cell, statistics and an HTML/Markdown report.",
     )
-    p.add_argument("--data", required=True, help="labeled examples (train pool; and test unless --test)")
-    p.add_argument("--test", help="labeled test set (default: carve --test-size examples out of --data)")
-    p.add_argument("--test-size", type=int, default=2000, help="carved test examples (default 2000)")
-    p.add_argument("--corpus", help="unlabeled text for pretraining (default: the training pool's texts)")
-    p.add_argument(
-        "--arms",
-        nargs="+",
-        default=["scratch", "pretrained:mlm", "tfidf", "embeddings"],
-        help="arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, nbsvm, embeddings, "
-        "prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora; one arm's own "
-        "pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64 "
-        "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000); "
-        "ARM+self self-trains an arm on the corpus (embeddings+self, nbsvm+self, pretrained:mlm+self); "
-        "distill:TEACHER trains the study's pretrained transformer on TEACHER's pseudo-labels "
-        "(distill:embeddings+self)",
-    )
-    p.add_argument(
-        "--unlabeled-max",
-        type=int,
-        default=20_000,
-        help="+self and distill: arms pseudo-label at most this many corpus texts, a seeded sample (default 20000)",
-    )
-    p.add_argument(
-        "--self-train-rounds",
-        type=int,
-        default=3,
-        help="at most this many self-training rounds; each cell keeps the best on its dev split (default 3)",
-    )
-    p.add_argument(
-        "--self-train-fractions",
-        nargs="+",
-        type=float,
-        default=[0.1, 0.3, 1.0],
-        help="shares of the unlabeled pool offered as pseudo-labels in each round, most confident first; "
-        "each cell keeps the best on its dev split (default 0.1 0.3 1.0)",
-    )
-    p.add_argument(
-        "--distill-epochs",
-        type=float,
-        default=1.0,
-        help="passes of a distill: student over labels + pseudo-labels (default 1)",
-    )
-    p.add_argument(
-        "--distill-targets",
-        choices=["soft", "hard"],
-        default="hard",
-        help="a distill: student learns the teacher's argmax labels (hard, default: measured better) or its "
-        "class distributions (soft)",
-    )
-    p.add_argument(
-        "--budgets", nargs="+", type=int, help="label budgets (default: 16 x classes, 100, 300, 1000, all)"
-    )
-    p.add_argument("--seeds", type=int, default=5, help="seeds per budget (default 5)")
-    p.add_argument("--metric", default="accuracy", help="headline test metric (default accuracy)")
-    p.add_argument(
-        "--preset", default="tiny", help="architecture of scratch and pretrained arms (default tiny)"
-    )
-    p.add_argument(
-        "--vocab-size", type=int, default=8000, help="tokenizer trained on the corpus (default 8000)"
-    )
-    p.add_argument(
-        "--pretrain-minutes",
-        type=float,
-        default=None,
-        help="pretraining budget per arm in minutes (default 20 unless --pretrain-steps is given)",
-    )
-    p.add_argument(
-        "--pretrain-steps",
-        type=int,
-        default=None,
-        help="pretraining budget per arm in optimizer steps: the same on every machine, so a study run "
-        "twice gives the same models and scores (with --pretrain-minutes too, whichever comes first)",
-    )
-    p.add_argument(
-        "--pretrain",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="pretraining overrides for every arm (pretrained:* arms default to train.lr=1e-3)",
-    )
-    p.add_argument(
-        "--finetune",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="fine-tuning overrides for every cell (scratch and pretrained:* cells default to "
-        "train.lr_search=[3e-4,1e-3] unless train.lr or train.lr_search is given)",
-    )
-    p.add_argument(
-        "--prompt",
-        help="templates and verbalizer (YAML) for the prompt:zero / prompt:pet arms (docs/prompting.md)",
-    )
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    add_encoding_options(p)
-    p.add_argument("--output", "-o", default="runs/study", help="study folder (default runs/study)")
-    p.add_argument(
-        "--resume", action="store_true", help="finish an interrupted study; finished cells are kept"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing study in --output")
+    add_flat_options(p, StudyConfig)
     p.set_defaults(func=cmd_value)
 
     p = sub.add_parser(
@@ -698,14 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", "-c", required=True, help="YAML: stages, previous, replay, regularizer, pretrain"
     )
-    p.add_argument("--replay", type=float, help="share of every batch drawn from earlier corpora (0..1)")
-    p.add_argument(
-        "--regularizer", choices=["none", "l2sp", "ewc"], help="pull towards the stage's start weights"
-    )
-    p.add_argument("--reg-weight", dest="reg_weight", type=float, help="regularization weight")
-    p.add_argument("--output", "-o", help="output folder (overrides output_dir)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sequence")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_flat_options(p, ContinualConfig)
     add_encoding_options(p, default=None)
     p.set_defaults(func=cmd_continual)
 

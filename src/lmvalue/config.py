@@ -11,6 +11,7 @@ Validation collects every problem and raises one :class:`ConfigError` listing th
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -567,6 +568,230 @@ class FinetuneConfig:
                 f"model.max_position_embeddings={self.model.max_position_embeddings}"
             )
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# `lmvalue value` and `lmvalue continual`: flat configs (their CLI flags are generated from these
+# fields: ``--name-with-dashes``, or ``flag`` in the metadata).
+
+DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
+
+
+@dataclass
+class StudyConfig:
+    """`lmvalue value`: arms x label budgets x seeds (saved in study.json). The checks that need the
+    arm grammar and the plug-in registries are :func:`lmvalue.value.study.study_problems`."""
+
+    output_dir: str = _f("runs/study", "study folder", flag="--output", short="-o")
+    data: str = _f(
+        "demo:zh-reviews", "labeled examples (the train pool; and the test set unless --test)", required=True
+    )
+    test: str | None = _f(None, "labeled test set (default: carve --test-size examples out of --data)")
+    test_size: int = _f(2000, "test examples carved out of --data when there is no --test")
+    text_column: str = _f("text", "text column of --data / --test")
+    label_column: str = _f("label", "label column of --data / --test")
+    corpus: str | None = _f(
+        None, "unlabeled text for pretraining (default: the training pool's texts, never the test texts)"
+    )
+    arms: list[str] = _f(
+        list(DEFAULT_ARMS),
+        "arms to compare: scratch, pretrained:OBJ[+OBJ], checkpoint:NAME, continued:NAME, tfidf, nbsvm, "
+        "embeddings, hybrid, prompt:zero, prompt:pet; a fine-tuning method as suffix, e.g. pretrained:mlm/lora; "
+        "one arm's own pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64 "
+        "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000); "
+        "ARM+self self-trains an arm on the corpus (embeddings+self, nbsvm+self, pretrained:mlm+self); "
+        "distill:TEACHER trains the study's pretrained transformer on TEACHER's pseudo-labels "
+        "(distill:embeddings+self)",
+    )
+    budgets: list[int] | None = _f(None, "label budgets (default: 16 x classes, 100, 300, 1000, all)")
+    seeds: int = _f(5, "seeds per budget")
+    metric: str = _f("accuracy", "headline test metric")
+    # The recipe measured to pay on a CPU budget (docs/value-recipes.md): the `tiny` BERT, 20 minutes of
+    # masked-LM pretraining at lr 1e-3, and a learning-rate search in every fine-tuning cell.
+    preset: str = _f("tiny", "architecture of the scratch and pretrained arms")
+    vocab_size: int = _f(8000, "vocabulary of the tokenizer trained on the corpus")
+    pretrain_minutes: float | None = _f(
+        20.0,
+        "pretraining budget per arm in minutes of wall time (not reproducible across machines; on the command "
+        "line, default 20 unless --pretrain-steps is given)",
+    )
+    pretrain_steps: int | None = _f(
+        None,
+        "pretraining budget per arm in optimizer steps: the same on every machine, so a study run twice gives "
+        "the same models and scores (with --pretrain-minutes too, whichever comes first)",
+    )
+    pretrain_max_steps: int = _f(100_000, "the step cap when only minutes are given", flag=None)
+    encoding: str = _f("utf-8", "encoding of the --data, --test and --corpus files, e.g. gb18030")
+    errors: str = _f(
+        "strict",
+        "undecodable bytes: stop with an error (strict), replace with U+FFFD, or drop them (ignore)",
+        choices=("strict", "replace", "ignore"),
+    )
+    pretrain_overrides: dict = _f(
+        {},
+        "pretraining overrides for every arm, KEY=VALUE (pretrained:* arms default to train.lr=1e-3)",
+        flag="--pretrain",
+    )
+    finetune_overrides: dict = _f(
+        {},
+        "fine-tuning overrides for every cell, KEY=VALUE (scratch and pretrained:* cells default to "
+        "train.lr_search=[3e-4,1e-3] unless train.lr or train.lr_search is given)",
+        flag="--finetune",
+    )
+    prompt: str | None = _f(
+        None, "templates and verbalizer (YAML) for the prompt:zero / prompt:pet arms (docs/prompting.md)"
+    )
+    recipe: bool = _f(
+        True,
+        "pretrained:* arms train at lr 1e-3 and scratch/pretrained cells search the fine-tuning rate, under the "
+        "overrides (a cell whose overrides set train.lr or train.lr_search gets no search)",
+        flag=None,
+    )
+    unlabeled_max: int = _f(
+        20_000, "+self and distill: arms pseudo-label at most this many corpus texts, a seeded sample"
+    )
+    self_train_rounds: int = _f(
+        3, "at most this many self-training rounds; each cell keeps the best on its dev split"
+    )
+    self_train_fractions: list[float] = _f(
+        [0.1, 0.3, 1.0],
+        "shares of the unlabeled pool offered as pseudo-labels in each round, most confident first; each cell "
+        "keeps the best on its dev split",
+    )
+    distill_epochs: float = _f(1.0, "passes of a distill: student over labels + pseudo-labels")
+    distill_targets: str = _f(
+        "hard",
+        "a distill: student learns the teacher's argmax labels (hard: measured better on demo:zh-reviews) or "
+        "its class distributions (soft)",
+        choices=("soft", "hard"),
+    )
+    resume: bool = _f(False, "finish an interrupted study; finished cells are kept")
+    overwrite: bool = _f(False, "replace an existing study in --output")
+
+    def problems(self) -> list[str]:
+        import codecs
+
+        out = []
+        if self.pretrain_minutes is not None and not self.pretrain_minutes > 0:
+            out.append(f"--pretrain-minutes must be > 0, got {self.pretrain_minutes:g}")
+        if self.pretrain_steps is not None and self.pretrain_steps < 1:
+            out.append(f"--pretrain-steps must be >= 1, got {self.pretrain_steps}")
+        if self.test_size is not None and self.test is None and self.test_size < 1:
+            out.append(f"--test-size must be >= 1, got {self.test_size}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            out.append(f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, gb18030)")
+        if self.seeds < 1:
+            out.append(f"--seeds must be >= 1, got {self.seeds}")
+        if self.budgets is not None and any(b < 2 for b in self.budgets):
+            small = ", ".join(str(b) for b in self.budgets if b < 2)
+            out.append(f"--budgets: every budget must be >= 2 labeled examples, got {small}")
+        if self.preset not in MODEL_PRESETS and any(
+            a.split(":")[0].split("/")[0].split("@")[0] in ("scratch", "pretrained") for a in self.arms
+        ):
+            out.append(f"--preset {self.preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
+        if self.resume and self.overwrite:
+            out.append("resume and overwrite exclude each other")
+        if self.unlabeled_max < 1:
+            out.append(f"--unlabeled-max must be >= 1, got {self.unlabeled_max}")
+        if not 1 <= self.self_train_rounds <= 10:
+            out.append(f"--self-train-rounds must be between 1 and 10, got {self.self_train_rounds}")
+        if not self.self_train_fractions or any(not 0 < f <= 1 for f in self.self_train_fractions):
+            out.append(
+                f"--self-train-fractions must be shares of the pool in (0, 1], got {self.self_train_fractions}"
+            )
+        if self.distill_targets not in ("soft", "hard"):
+            out.append(f"--distill-targets must be soft or hard, got {self.distill_targets!r}")
+        if not self.distill_epochs > 0:
+            out.append(f"--distill-epochs must be > 0, got {self.distill_epochs:g}")
+        return out
+
+
+REGULARIZERS = ("none", "l2sp", "ewc")
+
+
+@dataclass
+class Stage:
+    """One stage of `lmvalue continual`: a corpus, and optionally its own time or step budget."""
+
+    source: str
+    name: str | None = None
+    max_minutes: float | None = None
+    max_steps: int | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.name or self.source).strip("_")
+
+
+@dataclass
+class ContinualConfig:
+    """Settings of `lmvalue continual` (saved as ``continual.yaml`` in the output folder)."""
+
+    output_dir: str = _f("runs/continual", "output folder", flag="--output", short="-o")
+    stages: list[Stage] = _f(
+        [], "the corpora, in order: [- source: CORPUS, name:, max_minutes:, max_steps:]", flag=None
+    )
+    previous: list[str] = _f(
+        [], "corpora the starting model was trained on (measured, not trained)", flag=None
+    )
+    replay: float = _f(0.0, "share of every batch drawn from earlier corpora (0..1)")
+    regularizer: str = _f("none", "pull towards the stage's start weights", choices=("none", "l2sp", "ewc"))
+    reg_weight: float = _f(1.0, "regularization weight")
+    fisher_batches: int = _f(
+        20, "ewc: batches of the earlier corpora the Fisher information is estimated on", flag=None
+    )
+    eval_max_blocks: int = _f(128, "held-out blocks per corpus in the forgetting matrix", flag=None)
+    pretrain: dict = _f({}, "PretrainConfig settings shared by every stage", flag=None)
+    resume: bool = _f(False, "continue an interrupted sequence")
+    overwrite: bool = _f(False, "replace an existing output folder")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ContinualConfig:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"continual: unknown setting(s) {unknown}; known: {sorted(known)}")
+        stages = []
+        for i, s in enumerate(d.pop("stages", None) or []):
+            if isinstance(s, str):
+                s = {"source": s}
+            if not isinstance(s, dict) or "source" not in s:
+                raise ConfigError(f"continual: stage {i + 1} needs a source (e.g. - source: demo:zh-reviews)")
+            bad = sorted(set(s) - {f.name for f in dataclasses.fields(Stage)})
+            if bad:
+                raise ConfigError(f"continual: stage {i + 1} has unknown setting(s) {bad}")
+            stages.append(Stage(**s))
+        cfg = cls(stages=stages, **d)
+        problems = cfg.problems()
+        if problems:
+            raise ConfigError("continual: " + "; ".join(problems))
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict | None = None) -> ContinualConfig:
+        d = load_yaml(path)
+        d.update(overrides or {})
+        return cls.from_dict(d)
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.stages:
+            out.append("no stages: give stages: [- source: CORPUS, ...]")
+        if not 0 <= self.replay < 1:
+            out.append(f"replay={self.replay} must be a share in [0, 1)")
+        if self.regularizer not in REGULARIZERS:
+            out.append(f"regularizer={self.regularizer!r} must be one of {', '.join(REGULARIZERS)}")
+        if self.reg_weight < 0:
+            out.append("reg_weight must be >= 0")
+        if self.resume and self.overwrite:
+            out.append("resume and overwrite exclude each other")
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------

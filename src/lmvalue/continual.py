@@ -24,97 +24,19 @@ import dataclasses
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lmvalue.checkpoint import write_json_atomic
-from lmvalue.config import PretrainConfig, build_config, load_yaml
+from lmvalue.config import REGULARIZERS, ContinualConfig, PretrainConfig, Stage, build_config  # noqa: F401
 from lmvalue.data.packing import MixedBatches  # noqa: F401  (its home is the data layer)
 from lmvalue.errors import ConfigError
 from lmvalue.weights import from_pretrained
 
 log = logging.getLogger("lmvalue")
-
-REGULARIZERS = ("none", "l2sp", "ewc")
-
-
-@dataclass
-class Stage:
-    source: str
-    name: str | None = None
-    max_minutes: float | None = None
-    max_steps: int | None = None
-
-    @property
-    def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.name or self.source).strip("_")
-
-
-@dataclass
-class ContinualConfig:
-    """Settings of `lmvalue continual` (saved as ``continual.yaml`` in the output folder)."""
-
-    output_dir: str = "runs/continual"
-    stages: list[Stage] = field(default_factory=list)
-    previous: list[str] = field(default_factory=list)  # corpora the starting model was trained on
-    replay: float = 0.0
-    regularizer: str = "none"
-    reg_weight: float = 1.0
-    fisher_batches: int = 20
-    eval_max_blocks: int = 128
-    pretrain: dict = field(default_factory=dict)  # PretrainConfig settings shared by every stage
-    resume: bool = False
-    overwrite: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ContinualConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"continual: unknown setting(s) {unknown}; known: {sorted(known)}")
-        stages = []
-        for i, s in enumerate(d.pop("stages", None) or []):
-            if isinstance(s, str):
-                s = {"source": s}
-            if not isinstance(s, dict) or "source" not in s:
-                raise ConfigError(f"continual: stage {i + 1} needs a source (e.g. - source: demo:zh-reviews)")
-            bad = sorted(set(s) - {f.name for f in dataclasses.fields(Stage)})
-            if bad:
-                raise ConfigError(f"continual: stage {i + 1} has unknown setting(s) {bad}")
-            stages.append(Stage(**s))
-        cfg = cls(stages=stages, **d)
-        problems = cfg.problems()
-        if problems:
-            raise ConfigError("continual: " + "; ".join(problems))
-        return cfg
-
-    @classmethod
-    def load(cls, path: str | Path, overrides: dict | None = None) -> ContinualConfig:
-        d = load_yaml(path)
-        d.update(overrides or {})
-        return cls.from_dict(d)
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.stages:
-            out.append("no stages: give stages: [- source: CORPUS, ...]")
-        if not 0 <= self.replay < 1:
-            out.append(f"replay={self.replay} must be a share in [0, 1)")
-        if self.regularizer not in REGULARIZERS:
-            out.append(f"regularizer={self.regularizer!r} must be one of {', '.join(REGULARIZERS)}")
-        if self.reg_weight < 0:
-            out.append("reg_weight must be >= 0")
-        if self.resume and self.overwrite:
-            out.append("resume and overwrite exclude each other")
-        return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 # --- metrics -------------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 import lmvalue
-from lmvalue.config import MODEL_PRESETS
+from lmvalue.config import DEFAULT_ARMS, StudyConfig  # noqa: F401  (StudyConfig: re-exported)
 from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.files import write_text_atomic
 from lmvalue.value.overlap import describe_overlap, text_overlap
@@ -216,7 +216,6 @@ def parse_arm(spec: str) -> Arm:
     )
 
 
-DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
 # `lmvalue demo`'s pretraining, in steps (reproducible); --quick uses DEMO_QUICK_STEPS
 DEMO_PRETRAIN_STEPS = 4000
 DEMO_QUICK_STEPS = 1000
@@ -227,141 +226,48 @@ RECIPE_PRETRAIN = {"train.lr": 1e-3}
 RECIPE_FINETUNE = {"train.lr_search": [3e-4, 1e-3]}
 
 
-@dataclass
-class StudyConfig:
-    """Settings of one study (saved in study.json)."""
+def study_problems(cfg: StudyConfig) -> list[str]:
+    """Every problem of a study's settings, found before anything runs: the values
+    (:meth:`StudyConfig.problems`), then the arms (their grammar, their own options, unknown objectives,
+    checkpoints that do not exist)."""
+    from lmvalue.config import PretrainConfig, build_config
+    from lmvalue.objectives import OBJECTIVES
 
-    output_dir: str = "runs/study"
-    data: str = "demo:zh-reviews"  # labeled examples (train pool, and test unless `test` is given)
-    test: str | None = None
-    test_size: int = 2000
-    text_column: str = "text"
-    label_column: str = "label"
-    corpus: str | None = None  # unlabeled text; default: the labeled pool's texts (never the test texts)
-    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
-    budgets: list[int] | None = None  # default: 16 x classes, 100, 300, 1000, all
-    seeds: int = 5
-    metric: str = "accuracy"
-    # The recipe measured to pay on a CPU budget (docs/value-recipes.md): the `tiny` BERT, 20 minutes of
-    # masked-LM pretraining at lr 1e-3, and a learning-rate search in every fine-tuning cell.
-    preset: str = "tiny"
-    vocab_size: int = 8000
-    # Pretraining budget per arm: minutes (wall time; not reproducible across machines) and/or steps
-    # (reproducible: the same command reaches the same model anywhere). With pretrain_steps and no
-    # minutes, the steps alone decide.
-    pretrain_minutes: float | None = 20.0
-    pretrain_steps: int | None = None
-    pretrain_max_steps: int = 100_000  # the cap when only minutes are given
-    encoding: str = "utf-8"  # of --data, --test and --corpus files
-    errors: str = "strict"
-    # dotted PretrainConfig overrides for every arm / FinetuneConfig overrides for every cell
-    pretrain_overrides: dict = field(default_factory=dict)
-    finetune_overrides: dict = field(default_factory=dict)
-    # recipe: RECIPE_PRETRAIN for pretrained:* arms and RECIPE_FINETUNE for scratch and pretrained:* cells,
-    # under the overrides above (a cell whose overrides set train.lr or train.lr_search gets no search)
-    recipe: bool = True
-    # +self and distill: arms (lmvalue.value.semisup): the unlabeled pool they pseudo-label (a seeded
-    # sample of the corpus without test texts and their near duplicates), the rounds of self-training
-    # and the shares of the pool offered per round (both chosen on each cell's dev split), and the
-    # passes a distill: student makes over its pseudo-labels
-    unlabeled_max: int = 20_000
-    self_train_rounds: int = 3
-    self_train_fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
-    distill_epochs: float = 1.0
-    # the teacher's argmax labels (hard) or its distributions (soft); hard measured better on
-    # demo:zh-reviews (docs/value-recipes.md)
-    distill_targets: str = "hard"
-    resume: bool = False
-    overwrite: bool = False
-
-    def problems(self) -> list[str]:
-        out = []
-        for spec in self.arms:
-            try:
-                arm = parse_arm(spec)
-                arm = arm.teacher or arm  # a distill: arm's student is the study's pretrained:mlm
-                if arm.options:  # unknown keys and bad values are found now, not after other arms ran
-                    from lmvalue.config import PretrainConfig, build_config
-
-                    merged = {
-                        "model.preset": self.preset,
-                        **(RECIPE_PRETRAIN if self.recipe and arm.kind == "pretrained" else {}),
-                        **self.pretrain_overrides,
-                        **arm.options,
-                    }
-                    build_config(PretrainConfig, overrides=merged)
-            except ConfigError as e:
-                out.append(f"arm {spec!r}: {e}" if spec not in str(e) else str(e))
-        if sets_tokenizer(self.pretrain_overrides):  # the study's tokenizer is shared: they would be ignored
-            key = min(k for k in self.pretrain_overrides if k.startswith("tokenizer."))
-            out.append(
-                f"--pretrain {key}: the study's tokenizer, shared by scratch and the pretrained: arms, is "
-                "set with --vocab-size; to pretrain an arm with a tokenizer of its own, give the option to that "
-                f"arm, e.g. pretrained:mlm@{key}=VALUE"
-            )
-        out += self._arm_problems()
-        if self.pretrain_minutes is not None and not self.pretrain_minutes > 0:
-            out.append(f"--pretrain-minutes must be > 0, got {self.pretrain_minutes:g}")
-        if self.pretrain_steps is not None and self.pretrain_steps < 1:
-            out.append(f"--pretrain-steps must be >= 1, got {self.pretrain_steps}")
-        if self.test_size is not None and self.test is None and self.test_size < 1:
-            out.append(f"--test-size must be >= 1, got {self.test_size}")
-        import codecs
-
+    out = cfg.problems()
+    for spec in cfg.arms:
         try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            out.append(f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, gb18030)")
-        if self.seeds < 1:
-            out.append(f"--seeds must be >= 1, got {self.seeds}")
-        if self.budgets is not None and any(b < 2 for b in self.budgets):
-            small = ", ".join(str(b) for b in self.budgets if b < 2)
-            out.append(f"--budgets: every budget must be >= 2 labeled examples, got {small}")
-        if self.preset not in MODEL_PRESETS and any(
-            a.split(":")[0].split("/")[0].split("@")[0] in ("scratch", "pretrained") for a in self.arms
-        ):
-            out.append(f"--preset {self.preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}")
-        if self.resume and self.overwrite:
-            out.append("resume and overwrite exclude each other")
-        if self.unlabeled_max < 1:
-            out.append(f"--unlabeled-max must be >= 1, got {self.unlabeled_max}")
-        if not 1 <= self.self_train_rounds <= 10:
-            out.append(f"--self-train-rounds must be between 1 and 10, got {self.self_train_rounds}")
-        if not self.self_train_fractions or any(not 0 < f <= 1 for f in self.self_train_fractions):
-            out.append(
-                f"--self-train-fractions must be shares of the pool in (0, 1], got {self.self_train_fractions}"
-            )
-        if self.distill_targets not in ("soft", "hard"):
-            out.append(f"--distill-targets must be soft or hard, got {self.distill_targets!r}")
-        if not self.distill_epochs > 0:
-            out.append(f"--distill-epochs must be > 0, got {self.distill_epochs:g}")
-        return out
-
-    def _arm_problems(self) -> list[str]:
-        """What would make an arm fail later, found before anything runs: unknown objectives,
-        checkpoints that do not exist."""
-        from lmvalue.objectives import OBJECTIVES
-
-        out = []
-        for spec in self.arms:
-            try:
-                arm = parse_arm(spec)
-            except ConfigError:
-                continue  # reported by problems()
-            if arm.teacher is not None:
-                arm = arm.teacher  # the student is the study's pretrained:mlm, always valid
-            if arm.kind == "pretrained":
-                unknown = [o for o in arm.arg.split("+") if o not in OBJECTIVES]
-                if unknown:
-                    out.append(
-                        f"arm {spec!r}: unknown objective {unknown[0]!r}; objectives are "
-                        f"{', '.join(sorted(OBJECTIVES))} (joined with +, e.g. pretrained:mlm+sop)"
-                    )
-            elif arm.kind in ("checkpoint", "continued"):
-                problem = checkpoint_problem(arm.arg)
-                if problem:
-                    out.append(f"arm {spec!r}: {problem}")
-        return out
+            arm = parse_arm(spec)
+            arm = arm.teacher or arm  # a distill: arm's student is the study's pretrained:mlm
+            if arm.options:  # unknown keys and bad values are found now, not after other arms ran
+                merged = {
+                    "model.preset": cfg.preset,
+                    **(RECIPE_PRETRAIN if cfg.recipe and arm.kind == "pretrained" else {}),
+                    **cfg.pretrain_overrides,
+                    **arm.options,
+                }
+                build_config(PretrainConfig, overrides=merged)
+        except ConfigError as e:
+            out.append(f"arm {spec!r}: {e}" if spec not in str(e) else str(e))
+            continue
+        if arm.kind == "pretrained":
+            unknown = [o for o in arm.arg.split("+") if o not in OBJECTIVES]
+            if unknown:
+                out.append(
+                    f"arm {spec!r}: unknown objective {unknown[0]!r}; objectives are "
+                    f"{', '.join(sorted(OBJECTIVES))} (joined with +, e.g. pretrained:mlm+sop)"
+                )
+        elif arm.kind in ("checkpoint", "continued"):
+            problem = checkpoint_problem(arm.arg)
+            if problem:
+                out.append(f"arm {spec!r}: {problem}")
+    if sets_tokenizer(cfg.pretrain_overrides):  # the study's tokenizer is shared: they would be ignored
+        key = min(k for k in cfg.pretrain_overrides if k.startswith("tokenizer."))
+        out.append(
+            f"--pretrain {key}: the study's tokenizer, shared by scratch and the pretrained: arms, is "
+            "set with --vocab-size; to pretrain an arm with a tokenizer of its own, give the option to that "
+            f"arm, e.g. pretrained:mlm@{key}=VALUE"
+        )
+    return out
 
 
 def checkpoint_problem(ref: str) -> str | None:
@@ -436,10 +342,11 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
         cell_runner: ``(arm, arm_state, train, test, budget, seed, study) -> result dict``; defaults
             to :func:`run_cell` (fine-tuning or TF-IDF). Tests inject failures through it.
     """
-    from lmvalue.config import validate as _validate  # noqa: F401  (keeps one validation style)
-
     cfg = dataclasses.replace(cfg)  # resuming an old study may turn its recipe off: on a copy
-    problems = cfg.problems()
+    if cfg.prompt:  # saved as the cells see it: a fine-tuning option
+        cfg.finetune_overrides = {"method.prompt": cfg.prompt, **cfg.finetune_overrides}
+        cfg.prompt = None
+    problems = study_problems(cfg)
     if problems:
         raise ConfigError("invalid study settings:\n" + "\n".join(f"  - {p}" for p in problems))
     arms = [parse_arm(a) for a in cfg.arms]
