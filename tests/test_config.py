@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,32 @@ def test_shipped_configs_parse(path):
     assert f"--config configs/{path.name}" in first, "the first line is the command that runs this file"
     cfg = build_config(COMMAND_CONFIGS[command], yaml_path=path)
     assert to_dict(cfg)
+
+
+def test_method_options_are_grouped_and_old_flat_spellings_still_load():
+    """Model folders, YAML files and overrides written with lmvalue <= 0.2's flat method options."""
+    from lmvalue.config import LEGACY_METHOD_OPTIONS, MethodConfig, from_dict
+    from lmvalue.methods import METHODS
+
+    old = {
+        "name": "lora",
+        "lora_r": 4,
+        "tfidf_c": [2.0],
+        "vectors": "corpus.txt",
+        "vectors_dim": 16,
+        "prompt": "p.yaml",
+    }
+    cfg = from_dict(MethodConfig, old)
+    assert (cfg.lora.r, cfg.logreg.c, cfg.vectors.source, cfg.vectors.dim) == (4, [2.0], "corpus.txt", 16)
+    assert cfg.prompting.file == "p.yaml" and cfg.lora.alpha == 16  # untouched options keep defaults
+    new = build_config(FinetuneConfig, overrides={"method.lora.r": 4, "method.vectors.source": "corpus.txt"})
+    assert new.method.lora.r == 4 and new.method.vectors.source == "corpus.txt"
+    with pytest.raises(ConfigError, match="lora_rank"):
+        build_config(FinetuneConfig, overrides={"method.lora_rank": 4})  # a typo is still an error
+    with pytest.raises(ConfigError, match="method.lora.r=0 must be >= 1"):
+        build_config(FinetuneConfig, overrides={"method.lora.r": 0})
+    sections = {f.name for f in dataclasses.fields(MethodConfig)}
+    for name, method in METHODS.items():  # every section a method says it reads exists
+        assert set(method.sections) <= sections, name
+    for flat, dotted in LEGACY_METHOD_OPTIONS.items():
+        assert dotted.split(".")[0] in sections, flat

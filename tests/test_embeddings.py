@@ -24,9 +24,9 @@ def run_cfg(out, corpus, **kw):
     return finetune_config(
         overrides={
             "method.name": "embeddings",
-            "method.vectors": str(corpus),
-            "method.vectors_dim": 48,
-            "method.vectors_epochs": 3,
+            "method.vectors.source": str(corpus),
+            "method.vectors.dim": 48,
+            "method.vectors.epochs": 3,
             "data.test_size": 300,
             "budget.train_size": 500,
             "train.output_dir": str(out),
@@ -70,7 +70,7 @@ def test_mean_vectors_and_segmentation():
 
 def test_embeddings_without_vectors_are_refused(reviews, tmp_path):
     with pytest.raises(ConfigError, match="method.vectors"):
-        run_cfg(tmp_path / "c", None, **{"method.vectors": None})
+        run_cfg(tmp_path / "c", None, **{"method.vectors.source": None})
     assert not (tmp_path / "c").exists()
 
 
@@ -99,7 +99,7 @@ def test_gensim_info_log_is_quiet_unless_verbose(reviews, tmp_path, caplog):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(e["text"].replace("\n", " ") for e in reviews[300:900]), encoding="utf-8")
     args = ["finetune", "--method", "embeddings", "--data", str(data), "data.test_size=60"]
-    args += [f"method.vectors={corpus}", "method.vectors_dim=16", "method.vectors_epochs=1"]
+    args += [f"method.vectors.source={corpus}", "method.vectors.dim=16", "method.vectors.epochs=1"]
     with caplog.at_level(logging.INFO):
         assert main([*args, "-o", str(tmp_path / "a")]) == 0
     assert not [r for r in caplog.records if r.name.startswith("gensim")]

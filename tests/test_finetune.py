@@ -157,7 +157,7 @@ def test_parameter_efficient_methods_learn_save_reload_and_merge(method, reviews
 
 
 def test_lora_trains_only_adapter_and_head_weights(char_tokenizer_dir):
-    from lmvalue.config import MethodConfig
+    from lmvalue.config import LoraOptions, MethodConfig
     from lmvalue.finetune import build_task_model
     from lmvalue.methods import METHODS, MethodContext
     from lmvalue.tasks import TaskSpec
@@ -167,7 +167,9 @@ def test_lora_trains_only_adapter_and_head_weights(char_tokenizer_dir):
     spec = TaskSpec(kind="classification", labels=("neg", "pos"), metric="macro_f1")
     model = build_task_model(cfg.model, spec, load_tokenizer(char_tokenizer_dir), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lora = METHODS["lora"].apply(model, MethodConfig(name="lora", lora_r=8), MethodContext(level="sequence"))
+    lora = METHODS["lora"].apply(
+        model, MethodConfig(name="lora", lora=LoraOptions(r=8)), MethodContext(level="sequence")
+    )
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or ".classifier." in n for n in trainable), trainable
     assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == 4 * 8 * (64 + 64) + (64 * 2 + 2)
@@ -484,13 +486,13 @@ def test_lr_search_without_a_dev_split_is_refused_before_anything_is_written(cha
 
 
 def test_tfidf_c_ties_on_the_dev_metric_go_to_the_better_dev_likelihood(reviews):
-    from lmvalue.config import MethodConfig
+    from lmvalue.config import LogregOptions, MethodConfig
     from lmvalue.methods import tfidf
     from lmvalue.tasks import build_spec
 
     train = reviews[:60]
     spec = build_spec("classification", train)
-    cfg = MethodConfig(name="tfidf", tfidf_c=[0.1, 1.0, 10.0])
+    cfg = MethodConfig(name="tfidf", logreg=LogregOptions(c=[0.1, 1.0, 10.0]))
     seen = []
 
     def score(pipe, dev):  # every C ties on the metric; the second entry decides

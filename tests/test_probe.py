@@ -69,10 +69,10 @@ def test_probe_needs_a_pretrained_encoder(tmp_path):
     for extra in ({}, {"model.from_scratch": True, "model.init_from": "x"}):
         with pytest.raises(ConfigError, match="method probe reads the features of a pretrained encoder"):
             finetune_config(overrides={"method.name": "probe", "train.output_dir": str(tmp_path), **extra})
-    with pytest.raises(ConfigError, match="probe_layers"):
+    with pytest.raises(ConfigError, match="probe.layers"):
         build_config(
             FinetuneConfig,
-            overrides={"method.name": "probe", "model.init_from": "x", "method.probe_layers": "first"},
+            overrides={"method.name": "probe", "model.init_from": "x", "method.probe.layers": "first"},
         )
 
 

@@ -219,8 +219,8 @@ def test_tiny_end_to_end_study(labeled_csv, tmp_path):
             "train.min_steps": 15,
             "train.batch_size": 8,
             "data.max_length": 64,
-            "method.templates": ["{text}总之很{mask}。"],  # used by the prompt arms only
-            "method.verbalizer": "pos=好,neg=差",
+            "method.prompting.templates": ["{text}总之很{mask}。"],  # used by the prompt arms only
+            "method.prompting.verbalizer": "pos=好,neg=差",
         },
     )
     summary = run_study(cfg)

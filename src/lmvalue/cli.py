@@ -61,6 +61,18 @@ def _type_name(tp) -> str:
     return {int: "INT", float: "FLOAT", bool: "BOOL", str: "STR"}.get(tp, "VALUE")
 
 
+def _leaf_fields(cls, prefix: str):
+    """``(dotted name, field, type)`` of every option of a section, its sub-sections' included
+    (``method.lora.r``)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            yield from _leaf_fields(tp, f"{prefix}.{f.name}")
+        else:
+            yield f"{prefix}.{f.name}", f, tp
+
+
 def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--section.field`` option per config field, grouped by section, help from metadata."""
     hints = typing.get_type_hints(cls)
@@ -68,9 +80,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     for section in dataclasses.fields(cls):
         sec_cls = hints[section.name]
         group = parser.add_argument_group(f"{section.name} options")
-        sec_hints = typing.get_type_hints(sec_cls)
-        for f in dataclasses.fields(sec_cls):
-            dotted = f"{section.name}.{f.name}"
+        for dotted, f, tp in _leaf_fields(sec_cls, section.name):
             known.add(dotted)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             names = [f"--{dotted}"]
@@ -79,7 +89,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
                 *names,
                 dest=dotted,
                 default=argparse.SUPPRESS,
-                metavar=_type_name(sec_hints[f.name]),
+                metavar=_type_name(tp),
                 help=f"{f.metadata.get('help', '')} (default: {default})",
             )
     flags = parser.add_argument_group("shortcuts")

@@ -408,53 +408,80 @@ class BudgetConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = _f(
-        "full",
-        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | embeddings | probe | zero-shot | pet "
-        "| in-context",
-    )
-    merge: bool = _f(False, "also write merged/, a plain transformers model with the adapter folded in")
-    lora_r: int = _f(8, "lora: rank of the update")
-    lora_alpha: float = _f(16, "lora: scaling numerator (the update is scaled by alpha / r)")
-    lora_dropout: float = _f(0.1, "lora/adalora: dropout on the adapter input")
+class LoraOptions:
+    r: int = _f(8, "lora: rank of the update")
+    alpha: float = _f(16, "lora/adalora: scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = _f(0.1, "lora/adalora: dropout on the adapter input")
     target_modules: list[str] | None = _f(
         None, "lora/adalora/ia3: module names to adapt (default: peft's choice for the architecture)"
     )
-    adalora_init_r: int = _f(12, "adalora: starting rank of every adapted matrix")
-    adalora_target_r: int = _f(4, "adalora: average rank after the budget is reallocated")
-    adalora_tinit: float = _f(0.1, "adalora: share of the run before ranks are pruned")
-    adalora_tfinal: float = _f(0.2, "adalora: share at the end of the run with the final ranks fixed")
-    adalora_delta_t: int = _f(1, "adalora: steps between two reallocations")
+
+
+@dataclass
+class AdaloraOptions:
+    init_r: int = _f(12, "adalora: starting rank of every adapted matrix")
+    target_r: int = _f(4, "adalora: average rank after the budget is reallocated")
+    tinit: float = _f(0.1, "adalora: share of the run before ranks are pruned")
+    tfinal: float = _f(0.2, "adalora: share at the end of the run with the final ranks fixed")
+    delta_t: int = _f(1, "adalora: steps between two reallocations")
+
+
+@dataclass
+class PrefixOptions:
     num_virtual_tokens: int = _f(20, "prefix/prompt-tuning: learned virtual tokens")
-    adapter_kind: str = _f(
+
+
+@dataclass
+class AdapterOptions:
+    kind: str = _f(
         "houlsby", "adapter: houlsby (after attention and feed-forward) | pfeiffer (after feed-forward)"
     )
-    adapter_size: int = _f(64, "adapter: bottleneck width")
-    tfidf_analyzer: str = _f(
-        "auto", "tfidf: char | word | auto (char n-grams when most letters are CJK, else word n-grams)"
+    size: int = _f(64, "adapter: bottleneck width")
+
+
+@dataclass
+class NgramOptions:
+    analyzer: str = _f(
+        "auto",
+        "tfidf/nbsvm/hybrid: char | word | auto (char n-grams when most letters are CJK, else word n-grams)",
     )
-    tfidf_ngrams: list[int] | None = _f(None, "tfidf: [min, max] n-gram length (default [1, 2])")
-    tfidf_c: list[float] = _f(
-        [0.1, 1.0, 10.0], "tfidf: inverse regularization strengths tried on the dev split"
+    range: list[int] | None = _f(None, "tfidf/nbsvm/hybrid: [min, max] n-gram length (default [1, 2])")
+
+
+@dataclass
+class LogregOptions:
+    c: list[float] = _f(
+        [0.1, 1.0, 10.0],
+        "tfidf/nbsvm/embeddings/hybrid/probe: inverse regularization strengths of the logistic regression, "
+        "tried on the dev split",
     )
-    vectors: str | None = _f(
+
+
+@dataclass
+class VectorOptions:
+    source: str | None = _f(
         None,
-        "embeddings: text to learn word vectors from (file, folder, demo:NAME; cached), or a vectors file "
-        "(.kv, word2vec .bin/.vec)",
+        "embeddings/hybrid: text to learn word vectors from (file, folder, demo:NAME; cached), or a vectors "
+        "file (.kv, word2vec .bin/.vec)",
     )
-    probe_layers: str = _f(
-        "all", "probe: hidden states averaged: all (embedding output and every layer) | last"
-    )
-    vectors_dim: int = _f(200, "embeddings: vector size")
-    vectors_epochs: int = _f(5, "embeddings: word2vec passes over the text")
-    vectors_min_count: int = _f(3, "embeddings: ignore words seen fewer times")
-    prompt: str | None = _f(
+    dim: int = _f(200, "embeddings/hybrid: vector size")
+    epochs: int = _f(5, "embeddings/hybrid: word2vec passes over the text")
+    min_count: int = _f(3, "embeddings/hybrid: ignore words seen fewer times")
+
+
+@dataclass
+class ProbeOptions:
+    layers: str = _f("all", "probe: hidden states averaged: all (embedding output and every layer) | last")
+
+
+@dataclass
+class PromptingOptions:
+    file: str | None = _f(
         None, "zero-shot/pet/in-context: YAML file with templates: [...] and verbalizer: {label: [words]}"
     )
     templates: list[str] | None = _f(
         None,
-        "zero-shot/pet/in-context: cloze templates with {text} and one {mask} (instead of method.prompt)",
+        "zero-shot/pet/in-context: cloze templates with {text} and one {mask} (instead of method.prompting.file)",
     )
     verbalizer: str | None = _f(None, "zero-shot/pet/in-context: label words, e.g. 'pos=好|不错,neg=差'")
     calibrate: bool = _f(
@@ -463,27 +490,107 @@ class MethodConfig:
         "Zhao et al. 2021); pet learns its own biases",
     )
 
+
+# The flat option names of lmvalue <= 0.2 (still read from old model folders, YAML files and overrides).
+LEGACY_METHOD_OPTIONS = {
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "target_modules": "lora.target_modules",
+    "adalora_init_r": "adalora.init_r",
+    "adalora_target_r": "adalora.target_r",
+    "adalora_tinit": "adalora.tinit",
+    "adalora_tfinal": "adalora.tfinal",
+    "adalora_delta_t": "adalora.delta_t",
+    "num_virtual_tokens": "prefix.num_virtual_tokens",
+    "adapter_kind": "adapter.kind",
+    "adapter_size": "adapter.size",
+    "tfidf_analyzer": "ngrams.analyzer",
+    "tfidf_ngrams": "ngrams.range",
+    "tfidf_c": "logreg.c",
+    "vectors_dim": "vectors.dim",
+    "vectors_epochs": "vectors.epochs",
+    "vectors_min_count": "vectors.min_count",
+    "probe_layers": "probe.layers",
+    "prompt": "prompting.file",
+    "templates": "prompting.templates",
+    "verbalizer": "prompting.verbalizer",
+    "calibrate": "prompting.calibrate",
+}
+
+
+@dataclass
+class MethodConfig:
+    """The method and its options, one section per method (or per family sharing them): the registry
+    entry of a method (:data:`lmvalue.methods.METHODS`) names the sections it reads."""
+
+    name: str = _f(
+        "full",
+        "full | lora | adalora | ia3 | prefix | prompt-tuning | adapter | tfidf | nbsvm | embeddings | hybrid "
+        "| probe | zero-shot | pet | in-context",
+    )
+    merge: bool = _f(False, "also write merged/, a plain transformers model with the adapter folded in")
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    adalora: AdaloraOptions = field(default_factory=AdaloraOptions)
+    prefix: PrefixOptions = field(default_factory=PrefixOptions)
+    adapter: AdapterOptions = field(default_factory=AdapterOptions)
+    ngrams: NgramOptions = field(default_factory=NgramOptions)
+    logreg: LogregOptions = field(default_factory=LogregOptions)
+    vectors: VectorOptions = field(default_factory=VectorOptions)
+    probe: ProbeOptions = field(default_factory=ProbeOptions)
+    prompting: PromptingOptions = field(default_factory=PromptingOptions)
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Old flat spellings (``lora_r``, ``method.vectors=PATH``, ``method.prompt=FILE``) to sections."""
+        out: dict = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name == "vectors" and not isinstance(value, dict):
+                name, value = "vectors.source", value
+            elif name in LEGACY_METHOD_OPTIONS:
+                name = LEGACY_METHOD_OPTIONS[name]
+            section, _, option = name.partition(".")
+            if option:
+                node = out.setdefault(section, {})
+                if isinstance(node, dict):
+                    node[option] = value
+                    continue
+            if isinstance(value, dict):
+                out[name] = {**value, **out.get(name, {})} if isinstance(out.get(name), dict) else dict(value)
+            else:
+                out[name] = value
+        return out
+
     def problems(self) -> list[str]:
         """Checks of the values alone; what needs the method registry (is the name known, can it
         merge, which options it requires) is :func:`lmvalue.methods.config_problems`."""
         out = []
-        for name in ("lora_r", "adalora_init_r", "adalora_target_r", "num_virtual_tokens", "adapter_size"):
-            if getattr(self, name) < 1:
-                out.append(f"method.{name}={getattr(self, name)} must be >= 1")
-        if self.adalora_target_r > self.adalora_init_r:
-            out.append("method.adalora_target_r must be <= method.adalora_init_r")
-        if not 0 <= self.adalora_tinit + self.adalora_tfinal < 1:
-            out.append("method.adalora_tinit + method.adalora_tfinal must be in [0, 1)")
-        if self.adapter_kind not in ("houlsby", "pfeiffer"):
-            out.append(f"method.adapter_kind={self.adapter_kind!r} must be houlsby or pfeiffer")
-        if self.probe_layers not in ("all", "last"):
-            out.append(f"method.probe_layers={self.probe_layers!r} must be all or last")
-        if self.tfidf_analyzer not in ("auto", "char", "word"):
-            out.append(f"method.tfidf_analyzer={self.tfidf_analyzer!r} must be auto, char or word")
-        if self.tfidf_ngrams is not None and (
-            len(self.tfidf_ngrams) != 2 or not 1 <= self.tfidf_ngrams[0] <= self.tfidf_ngrams[1]
+        for where, value in (
+            ("lora.r", self.lora.r),
+            ("adalora.init_r", self.adalora.init_r),
+            ("adalora.target_r", self.adalora.target_r),
+            ("prefix.num_virtual_tokens", self.prefix.num_virtual_tokens),
+            ("adapter.size", self.adapter.size),
         ):
-            out.append(f"method.tfidf_ngrams={self.tfidf_ngrams} must be [min, max] with 1 <= min <= max")
+            if value < 1:
+                out.append(f"method.{where}={value} must be >= 1")
+        if self.adalora.target_r > self.adalora.init_r:
+            out.append("method.adalora.target_r must be <= method.adalora.init_r")
+        if not 0 <= self.adalora.tinit + self.adalora.tfinal < 1:
+            out.append("method.adalora.tinit + method.adalora.tfinal must be in [0, 1)")
+        if self.adapter.kind not in ("houlsby", "pfeiffer"):
+            out.append(f"method.adapter.kind={self.adapter.kind!r} must be houlsby or pfeiffer")
+        if self.probe.layers not in ("all", "last"):
+            out.append(f"method.probe.layers={self.probe.layers!r} must be all or last")
+        if self.ngrams.analyzer not in ("auto", "char", "word"):
+            out.append(f"method.ngrams.analyzer={self.ngrams.analyzer!r} must be auto, char or word")
+        if self.ngrams.range is not None and (
+            len(self.ngrams.range) != 2 or not 1 <= self.ngrams.range[0] <= self.ngrams.range[1]
+        ):
+            out.append(f"method.ngrams.range={self.ngrams.range} must be [min, max] with 1 <= min <= max")
+        if not self.logreg.c or any(c <= 0 for c in self.logreg.c):
+            out.append(f"method.logreg.c={self.logreg.c} must list inverse regularization strengths > 0")
         return out
 
 
@@ -859,6 +966,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls, data: dict | None, where: str = ""):
     """Build dataclass ``cls`` from a nested dict; unknown keys are errors (typos must not pass)."""
     data = dict(data or {})
+    if hasattr(cls, "upgrade"):
+        data = cls.upgrade(data)
     hints = _hints(cls)
     kwargs = {}
     problems = []

@@ -51,6 +51,7 @@ class Method:
         uses_model: it starts from a checkpoint or preset (``model.*`` settings apply).
         needs_encoder: it reads an existing pretrained encoder (no ``model.from_scratch``).
         trains_every_weight: no weight is frozen (``model.reinit_layers`` may apply).
+        sections: the sections of ``method.*`` it reads (:class:`lmvalue.config.MethodConfig`).
         required: ``{option: why}``: ``method.<option>`` settings it cannot run without.
     """
 
@@ -68,6 +69,7 @@ class Method:
     uses_model: bool = True
     needs_encoder: bool = False
     trains_every_weight: bool = False
+    sections: tuple[str, ...] = ()
     required: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -111,6 +113,7 @@ METHODS: dict[str, Method] = {
         save=peft_methods.save,
         load=peft_methods.load,
         merge=peft_methods.merge,
+        sections=("lora",),
     ),
     "adalora": Method(
         "adalora",
@@ -121,6 +124,7 @@ METHODS: dict[str, Method] = {
         merge=peft_methods.merge,
         on_step=peft_methods.adalora_step,
         finalize=peft_methods.adalora_finalize,
+        sections=("lora", "adalora"),
     ),
     "ia3": Method(
         "ia3",
@@ -129,6 +133,7 @@ METHODS: dict[str, Method] = {
         save=peft_methods.save,
         load=peft_methods.load,
         merge=peft_methods.merge,
+        sections=("lora",),
     ),
     "prompt-tuning": Method(
         "prompt-tuning",
@@ -137,6 +142,7 @@ METHODS: dict[str, Method] = {
         save=peft_methods.save,
         load=peft_methods.load,
         prepends_tokens=True,
+        sections=("prefix",),
     ),
     "prefix": Method(
         "prefix",
@@ -144,6 +150,7 @@ METHODS: dict[str, Method] = {
         apply=prefix.apply,
         save=prefix.save,
         load=prefix.load,
+        sections=("prefix",),
     ),
     "adapter": Method(
         "adapter",
@@ -151,6 +158,7 @@ METHODS: dict[str, Method] = {
         apply=adapters.apply,
         save=adapters.save,
         load=adapters.load,
+        sections=("adapter",),
     ),
     "tfidf": Method(
         "tfidf",
@@ -159,6 +167,7 @@ METHODS: dict[str, Method] = {
         family="classical",
         trainer=tfidf,
         uses_model=False,
+        sections=("ngrams", "logreg"),
     ),
     "nbsvm": Method(
         "nbsvm",
@@ -167,6 +176,7 @@ METHODS: dict[str, Method] = {
         family="classical",
         trainer=nbsvm,
         uses_model=False,
+        sections=("ngrams", "logreg"),
     ),
     "embeddings": Method(
         "embeddings",
@@ -176,9 +186,10 @@ METHODS: dict[str, Method] = {
         trainer=embeddings,
         uses_model=False,
         required={
-            "vectors": "a text corpus to learn word vectors from (a file, folder or demo:NAME), or a saved "
+            "vectors.source": "a text corpus to learn word vectors from (a file, folder or demo:NAME), or a saved "
             "vectors file (.kv, word2vec .bin/.vec)"
         },
+        sections=("vectors", "logreg"),
     ),
     "hybrid": Method(
         "hybrid",
@@ -188,9 +199,10 @@ METHODS: dict[str, Method] = {
         trainer=hybrid,
         uses_model=False,
         required={
-            "vectors": "a text corpus to learn word vectors from (a file, folder or demo:NAME), or a saved "
+            "vectors.source": "a text corpus to learn word vectors from (a file, folder or demo:NAME), or a saved "
             "vectors file (.kv, word2vec .bin/.vec)"
         },
+        sections=("vectors", "ngrams", "logreg"),
     ),
     "probe": Method(
         "probe",
@@ -199,6 +211,7 @@ METHODS: dict[str, Method] = {
         family="classical",
         trainer=probe,
         needs_encoder=True,
+        sections=("probe", "logreg"),
     ),
     # Prompt methods ask a masked LM the task as a cloze question (lmvalue.prompting).
     "zero-shot": Method(
@@ -206,18 +219,21 @@ METHODS: dict[str, Method] = {
         "cloze prompt of the masked LM, no training (labels only score it)",
         apply=None,
         family="prompt",
+        sections=("prompting",),
     ),
     "pet": Method(
         "pet",
         "cloze prompt whose label-word scores are trained on the budget (PET)",
         apply=None,
         family="prompt",
+        sections=("prompting",),
     ),
     "in-context": Method(
         "in-context",
         "causal LM prompted with the budget's examples as demonstrations, no training",
         apply=None,
         family="prompt",
+        sections=("prompting",),
     ),
 }
 
@@ -250,7 +266,10 @@ def config_problems(cfg) -> list[str]:
             f"(mergeable: {', '.join(n for n, m in METHODS.items() if m.can_merge)}); drop --merge"
         )
     for option, why in method.required.items():
-        if not getattr(cfg.method, option):
+        value = cfg.method
+        for part in option.split("."):
+            value = getattr(value, part)
+        if not value:
             out.append(f"method {name} needs method.{option}: {why}")
     if method.uses_model and not model.init_from and not model.from_scratch:
         out.append(

@@ -61,7 +61,7 @@ def apply(model, cfg, ctx=None):
     Raises:
         LmvalueError: the model has no BERT-style layer outputs to put adapters on.
     """
-    names = targets(model, cfg.adapter_kind)
+    names = targets(model, cfg.adapter.kind)
     if not names:
         kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise LmvalueError(
@@ -73,12 +73,12 @@ def apply(model, cfg, ctx=None):
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        wrapped = Bottleneck(getattr(parent, child), cfg.adapter_size)
+        wrapped = Bottleneck(getattr(parent, child), cfg.adapter.size)
         setattr(parent, child, wrapped)
         for p in (*wrapped.down.parameters(), *wrapped.up.parameters()):
             p.requires_grad_(True)
     for name, p in model.named_parameters():
-        if is_head(name) or (cfg.adapter_kind == "houlsby" and "LayerNorm" in name):
+        if is_head(name) or (cfg.adapter.kind == "houlsby" and "LayerNorm" in name):
             p.requires_grad_(True)
     return model
 

@@ -112,15 +112,15 @@ def train_vectors(texts, *, cjk: bool, dim: int, epochs: int, min_count: int, se
 
 
 def resolve_vectors(cfg, seed: int, cjk_hint: bool):
-    """KeyedVectors from ``method.vectors``: a vectors file, or a text source to train them on
+    """KeyedVectors from ``method.vectors.source``: a vectors file, or a text source to train them on
     (cached by the corpus's content and the settings). Returns (vectors, info)."""
     from gensim.models import KeyedVectors
 
     quiet_gensim()
-    ref = cfg.vectors
+    ref = cfg.vectors.source
     if not ref:
         raise ConfigError(
-            "method embeddings needs method.vectors: a text corpus to learn word vectors from (a file, "
+            "method embeddings needs method.vectors.source: a text corpus to learn word vectors from (a file, "
             "folder or demo:NAME), or a saved vectors file (.kv, word2vec .bin/.vec)"
         )
     path = Path(ref).expanduser()
@@ -138,7 +138,7 @@ def resolve_vectors(cfg, seed: int, cjk_hint: bool):
     h = hashlib.blake2b(digest_size=16)
     for t in texts:
         h.update(t.encode("utf-8") + b"\x00")
-    settings = f"w2v-sg:{cfg.vectors_dim}:{cfg.vectors_epochs}:{cfg.vectors_min_count}:{cjk}:{seed}"
+    settings = f"w2v-sg:{cfg.vectors.dim}:{cfg.vectors.epochs}:{cfg.vectors.min_count}:{cjk}:{seed}"
     h.update(settings.encode())
     folder = cache_root(None) / "vectors"
     target = folder / f"{h.hexdigest()}.kv"
@@ -149,9 +149,9 @@ def resolve_vectors(cfg, seed: int, cjk_hint: bool):
     kv = train_vectors(
         texts,
         cjk=cjk,
-        dim=cfg.vectors_dim,
-        epochs=cfg.vectors_epochs,
-        min_count=cfg.vectors_min_count,
+        dim=cfg.vectors.dim,
+        epochs=cfg.vectors.epochs,
+        min_count=cfg.vectors.min_count,
         seed=seed,
     )
     seconds = time.perf_counter() - t0
@@ -180,7 +180,7 @@ class VectorClassifier:
 
 
 def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tuple[object, dict]:
-    """Fit one pipeline per ``cfg.tfidf_c`` on the averaged vectors, keep the best on ``dev``."""
+    """Fit one pipeline per ``cfg.logreg.c`` on the averaged vectors, keep the best on ``dev``."""
     from sklearn.linear_model import LogisticRegression
 
     from lmvalue.methods.tfidf import choose_c, classifier_inputs

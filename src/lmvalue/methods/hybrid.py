@@ -23,10 +23,10 @@ def build(texts: list[str], kv, cjk: bool, cfg, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion, Pipeline
 
-    analyzer = cfg.tfidf_analyzer
+    analyzer = cfg.ngrams.analyzer
     if analyzer == "auto":
         analyzer = "char" if cjk else "word"
-    ngrams = tuple(cfg.tfidf_ngrams or (1, 2))
+    ngrams = tuple(cfg.ngrams.range or (1, 2))
     features = FeatureUnion(
         [
             ("vectors", MeanVectors(kv, cjk)),
@@ -38,7 +38,7 @@ def build(texts: list[str], kv, cjk: bool, cfg, c: float, seed: int):
 
 
 def train(train_set: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tuple[object, dict]:
-    """Fit one pipeline per ``cfg.tfidf_c``, keep the best on ``dev`` (see :mod:`lmvalue.methods.tfidf`)."""
+    """Fit one pipeline per ``cfg.logreg.c``, keep the best on ``dev`` (see :mod:`lmvalue.methods.tfidf`)."""
     if spec.level == "token":
         raise DataError("method hybrid supports classification and pair tasks, not tagging")
     texts = classifier_inputs(train_set)

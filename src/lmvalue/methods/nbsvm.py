@@ -63,11 +63,11 @@ def fit(texts: list[str], labels: list[str], cfg, c: float, seed: int) -> NBSVM:
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    analyzer = cfg.tfidf_analyzer
+    analyzer = cfg.ngrams.analyzer
     if analyzer == "auto":
         analyzer = "char" if cjk_share(texts) > 0.5 else "word"
     vectorizer = CountVectorizer(
-        analyzer=analyzer, ngram_range=tuple(cfg.tfidf_ngrams or (1, 2)), binary=True
+        analyzer=analyzer, ngram_range=tuple(cfg.ngrams.range or (1, 2)), binary=True
     )
     x = vectorizer.fit_transform(texts).tocsr()
     y = np.asarray(labels)
@@ -85,7 +85,7 @@ def fit(texts: list[str], labels: list[str], cfg, c: float, seed: int) -> NBSVM:
 
 
 def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tuple[object, dict]:
-    """Fit one model per ``cfg.tfidf_c`` on ``train``, keep the best on ``dev`` (C=1 without one)."""
+    """Fit one model per ``cfg.logreg.c`` on ``train``, keep the best on ``dev`` (C=1 without one)."""
     if spec.level == "token":
         raise DataError("method nbsvm supports classification and pair tasks, not tagging")
     texts = classifier_inputs(train)

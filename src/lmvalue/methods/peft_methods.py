@@ -17,7 +17,9 @@ def _task_type(ctx):
 
 
 def _targets(cfg):
-    return list(cfg.target_modules) if cfg.target_modules else None  # None: peft's default for the arch
+    return (
+        list(cfg.lora.target_modules) if cfg.lora.target_modules else None
+    )  # None: peft's default for the arch
 
 
 def _lora(cfg, ctx):
@@ -25,9 +27,9 @@ def _lora(cfg, ctx):
 
     return LoraConfig(
         task_type=_task_type(ctx),
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
         target_modules=_targets(cfg),
     )
 
@@ -36,20 +38,20 @@ def _adalora(cfg, ctx):
     from peft import AdaLoraConfig
 
     total = max(1, ctx.total_steps)
-    tinit = int(cfg.adalora_tinit * total)
-    tfinal = int(cfg.adalora_tfinal * total)
+    tinit = int(cfg.adalora.tinit * total)
+    tfinal = int(cfg.adalora.tfinal * total)
     if tinit >= total - tfinal:  # too short a run for a budgeting phase: shrink the two ends
         tinit, tfinal = 0, 0
     return AdaLoraConfig(
         task_type=_task_type(ctx),
-        init_r=cfg.adalora_init_r,
-        target_r=cfg.adalora_target_r,
+        init_r=cfg.adalora.init_r,
+        target_r=cfg.adalora.target_r,
         tinit=tinit,
         tfinal=tfinal,
-        deltaT=cfg.adalora_delta_t,
+        deltaT=cfg.adalora.delta_t,
         total_step=total,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
         target_modules=_targets(cfg),
     )
 
@@ -65,7 +67,7 @@ def _ia3(cfg, ctx):
 def _prompt(cfg, ctx):
     from peft import PromptTuningConfig
 
-    return PromptTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=cfg.num_virtual_tokens)
+    return PromptTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=cfg.prefix.num_virtual_tokens)
 
 
 PEFT_CONFIGS = {"lora": _lora, "adalora": _adalora, "ia3": _ia3, "prompt-tuning": _prompt}

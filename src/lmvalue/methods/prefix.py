@@ -59,7 +59,7 @@ def apply(model, cfg, ctx=None):
     for name, p in model.named_parameters():
         if is_head(name):
             p.requires_grad_(True)
-    return PrefixTuned(model, cfg.num_virtual_tokens)
+    return PrefixTuned(model, cfg.prefix.num_virtual_tokens)
 
 
 def save(model, folder: Path) -> None:

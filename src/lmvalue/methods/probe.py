@@ -5,7 +5,7 @@ the tokens (padding left out), standardized with the training split's statistics
 regression is fitted per ``method.tfidf_c``; the regularization strength is chosen on the dev split,
 as for ``tfidf`` and ``embeddings``. With a few dozen labels this has far less variance than
 fine-tuning every weight, which is what a small, briefly pretrained model needs (see
-docs/value-recipes.md). ``method.probe_layers`` picks the states: ``all`` (the mean over the embedding
+docs/value-recipes.md). ``method.probe.layers`` picks the states: ``all`` (the mean over the embedding
 output and every layer) or ``last``.
 
 A saved probe is a folder with the pipeline (``tfidf.joblib``, as the other scikit-learn methods) and
@@ -131,7 +131,7 @@ def train(
     max_length: int,
     tokenizer=None,
 ) -> tuple[object, dict]:
-    """Encode the training split once, fit one logistic regression per ``cfg.tfidf_c``, keep the best on ``dev``."""
+    """Encode the training split once, fit one logistic regression per ``cfg.logreg.c``, keep the best on ``dev``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -139,12 +139,12 @@ def train(
 
     if spec.level == "token":
         raise DataError("method probe supports classification and pair tasks, not tagging")
-    features = EncoderFeatures(encoder, cfg.probe_layers, max_length, tokenizer=tokenizer)
+    features = EncoderFeatures(encoder, cfg.probe.layers, max_length, tokenizer=tokenizer)
     x = features.transform(classifier_inputs(train_set))
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)
     labels = [ex["label"] for ex in train_set]
-    grid = list(cfg.tfidf_c) if dev else [1.0]
+    grid = list(cfg.logreg.c) if dev else [1.0]
     best, best_score, scores = None, (-np.inf,), {}
     for c in grid:
         clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(xs, labels)
@@ -157,7 +157,7 @@ def train(
         "C": best.named_steps["logreg"].C,
         "dev_scores_by_C": scores,
         "encoder": encoder,
-        "layers": cfg.probe_layers,
+        "layers": cfg.probe.layers,
         "dim": int(x.shape[1]),
     }
     return best, info

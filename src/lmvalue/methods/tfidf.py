@@ -37,19 +37,19 @@ def build(texts: list[str], cfg, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    analyzer = cfg.tfidf_analyzer
+    analyzer = cfg.ngrams.analyzer
     if analyzer == "auto":
         analyzer = "char" if cjk_share(texts) > 0.5 else "word"
-    ngrams = tuple(cfg.tfidf_ngrams or (1, 2))
+    ngrams = tuple(cfg.ngrams.range or (1, 2))
     vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)
     clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
     return Pipeline([("tfidf", vectorizer), ("logreg", clf)])
 
 
 def choose_c(fit, dev: list[dict], cfg, score) -> tuple[object, dict]:
-    """``fit(C)`` for every C of ``cfg.tfidf_c`` (only C=1 without a dev split); keep the best by
+    """``fit(C)`` for every C of ``cfg.logreg.c`` (only C=1 without a dev split); keep the best by
     ``score(model, dev)`` = (metric, tie-breaker), the first of equals. Returns (model, dev score by C)."""
-    grid = list(cfg.tfidf_c) if dev else [1.0]
+    grid = list(cfg.logreg.c) if dev else [1.0]
     best, best_score, scores = None, (-np.inf,), {}
     for c in grid:
         model = fit(c)
@@ -61,7 +61,7 @@ def choose_c(fit, dev: list[dict], cfg, score) -> tuple[object, dict]:
 
 
 def train(train: list[dict], dev: list[dict], spec, cfg, seed: int, score) -> tuple[object, dict]:
-    """Fit one pipeline per ``cfg.tfidf_c`` on ``train``, keep the best on ``dev``.
+    """Fit one pipeline per ``cfg.logreg.c`` on ``train``, keep the best on ``dev``.
 
     Args:
         score: ``(pipeline, examples) -> (dev score, tie-breaker)`` (higher is better).

@@ -393,31 +393,38 @@ BUILTIN_PROMPTS = {
 
 
 def resolve_prompt(method_cfg, source: str | None, labels: list[str] | tuple[str, ...]) -> PromptSpec:
-    """The run's :class:`PromptSpec` (``method.prompt`` file, or ``method.templates`` +
-    ``method.verbalizer``, or the built-in prompt of a demo source), its verbalizer put in the
+    """The run's :class:`PromptSpec` (``method.prompting.file``, or ``method.prompting.templates`` +
+    ``method.prompting.verbalizer``, or the built-in prompt of a demo source), its verbalizer put in the
     task's label order.
 
     Raises:
         ConfigError: no prompt given, or a label of the data without label words.
     """
-    if method_cfg.prompt:
-        path = Path(method_cfg.prompt).expanduser()
+    if method_cfg.prompting.file:
+        path = Path(method_cfg.prompting.file).expanduser()
         if not path.is_file():
-            raise ConfigError(f"method.prompt: {path} is not a file (a YAML with templates: and verbalizer:)")
+            raise ConfigError(
+                f"method.prompting.file: {path} is not a file (a YAML with templates: and verbalizer:)"
+            )
         spec = PromptSpec.load(path)
-    elif method_cfg.templates or method_cfg.verbalizer:
-        if not (method_cfg.templates and method_cfg.verbalizer):
-            raise ConfigError("give both method.templates and method.verbalizer (or method.prompt FILE.yaml)")
+    elif method_cfg.prompting.templates or method_cfg.prompting.verbalizer:
+        if not (method_cfg.prompting.templates and method_cfg.prompting.verbalizer):
+            raise ConfigError(
+                "give both method.prompting.templates and method.prompting.verbalizer (or method.prompting.file FILE.yaml)"
+            )
         spec = PromptSpec.from_dict(
-            {"templates": method_cfg.templates, "verbalizer": parse_verbalizer(method_cfg.verbalizer)}
+            {
+                "templates": method_cfg.prompting.templates,
+                "verbalizer": parse_verbalizer(method_cfg.prompting.verbalizer),
+            }
         )
     elif source in BUILTIN_PROMPTS:
         spec = PromptSpec.from_dict(BUILTIN_PROMPTS[source])
     else:
         raise ConfigError(
-            f"method {method_cfg.name} needs a prompt: method.prompt FILE.yaml (templates: [...], "
-            "verbalizer: {label: [words]}), or method.templates '{text} It was {mask}.' with "
-            "method.verbalizer 'pos=great,neg=terrible'"
+            f"method {method_cfg.name} needs a prompt: method.prompting.file FILE.yaml (templates: [...], "
+            "verbalizer: {label: [words]}), or method.prompting.templates '{text} It was {mask}.' with "
+            "method.prompting.verbalizer 'pos=great,neg=terrible'"
         )
     missing = [lab for lab in labels if lab not in spec.verbalizer]
     if missing:

@@ -116,7 +116,7 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
                 demos,
                 max_length=cfg.data.max_length,
                 seed=cfg.train.seed,
-                calibrate=cfg.method.calibrate,
+                calibrate=cfg.method.prompting.calibrate,
             )
             return model, scorer
         model, tokenizer = _start_mlm(cfg.model, cfg.train.seed)
@@ -126,7 +126,8 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
             prompt,
             max_length=cfg.data.max_length,
             batch_size=eval_batch,
-            calibrate=cfg.method.calibrate and cfg.method.name == "zero-shot",  # PET learns its biases
+            calibrate=cfg.method.prompting.calibrate
+            and cfg.method.name == "zero-shot",  # PET learns its biases
         )
 
     def view(scorer):

@@ -344,7 +344,7 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
     """
     cfg = dataclasses.replace(cfg)  # resuming an old study may turn its recipe off: on a copy
     if cfg.prompt:  # saved as the cells see it: a fine-tuning option
-        cfg.finetune_overrides = {"method.prompt": cfg.prompt, **cfg.finetune_overrides}
+        cfg.finetune_overrides = {"method.prompting.file": cfg.prompt, **cfg.finetune_overrides}
         cfg.prompt = None
     problems = study_problems(cfg)
     if problems:
@@ -723,7 +723,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
             overrides={
                 **{k: v for k, v in cfg.finetune_overrides.items() if k not in HEAD_OPTIONS},
                 "method.name": arm.kind,
-                "method.vectors": str(data["corpus_path"]),
+                "method.vectors.source": str(data["corpus_path"]),
             },
         ).method
         log.info("learning word vectors for arm %s ...", arm.name)
@@ -826,7 +826,7 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
     if arm.kind in LABEL_ONLY:
         return overrides
     if arm.kind in VECTOR_ARMS:
-        overrides["method.vectors"] = state["vectors"]
+        overrides["method.vectors.source"] = state["vectors"]
         return overrides
     if state.get("from_scratch"):
         overrides["model.from_scratch"] = True
