@@ -16,7 +16,7 @@ import numpy as np
 
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.data.sources import load_labeled
-from lmvalue.finetune import finetune
+from lmvalue.finetuning import finetune
 
 SHARED = next(
     (

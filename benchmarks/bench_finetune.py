@@ -96,7 +96,7 @@ def bench_hf_finetune(train, tok_dir, preset, args, *, bf16: bool = False) -> di
 
 
 def bench_lmvalue_finetune(train, test, tok_dir, args, out: Path, extra: dict | None = None) -> dict:
-    import lmvalue.finetune as F
+    import lmvalue.finetuning as F
     from lmvalue.config import FinetuneConfig, build_config
 
     timer = StepTimer(args.warmup, args.steps)

@@ -126,7 +126,7 @@ def bench_hf(texts, tok_dir, model_cfg, args, *, bf16: bool = False) -> dict:
 
 
 def bench_lmvalue(source, tok_dir, args, extra: dict | None = None) -> dict:
-    import lmvalue.pretrain as P
+    import lmvalue.pretraining as P
     from lmvalue.config import PretrainConfig, build_config
 
     timer = StepTimer(args.warmup, args.steps)

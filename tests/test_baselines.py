@@ -9,7 +9,7 @@ import pytest
 from tests.test_probe import _shared_data
 
 from lmvalue.config import FinetuneConfig, MethodConfig, build_config
-from lmvalue.finetune import finetune
+from lmvalue.finetuning import finetune
 
 SHARED = _shared_data()
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lmvalue.errors import ConfigError
-from lmvalue.finetune import finetune, finetune_config
+from lmvalue.finetuning import finetune, finetune_config
 from lmvalue.inference import load_task_model, score
 from lmvalue.methods.embeddings import MeanVectors, words
 
@@ -44,7 +44,7 @@ def test_word_vectors_from_unlabeled_text_learn_the_task_and_reload(reviews, cor
     assert m["trainable_params"] == 48 + 1  # binary logistic regression on 48 dims
     task = load_task_model(tmp_path / "a" / "model")
     data_test = [e for e in reviews[:3000]]  # the same carve as the run
-    from lmvalue.finetune import load_task_data
+    from lmvalue.finetuning import load_task_data
 
     test = load_task_data(run_cfg(tmp_path / "x", corpus), train_examples=data_test).test
     assert score(task, test)["accuracy"] == pytest.approx(m["test"]["accuracy"])

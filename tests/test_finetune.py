@@ -13,7 +13,7 @@ import torch
 from lmvalue.cli import main
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import CheckpointError, ConfigError, DataError
-from lmvalue.finetune import finetune, finetune_config, load_task_data
+from lmvalue.finetuning import finetune, finetune_config, load_task_data
 from lmvalue.inference import load_task_model, score
 
 TINY = {
@@ -158,7 +158,7 @@ def test_parameter_efficient_methods_learn_save_reload_and_merge(method, reviews
 
 def test_lora_trains_only_adapter_and_head_weights(char_tokenizer_dir):
     from lmvalue.config import LoraOptions, MethodConfig
-    from lmvalue.finetune import build_task_model
+    from lmvalue.finetuning import build_task_model
     from lmvalue.methods import METHODS, MethodContext
     from lmvalue.tasks import TaskSpec
     from lmvalue.tokenizer import load_tokenizer
@@ -420,7 +420,7 @@ def test_bad_configs_are_reported_at_once():
 
 
 def test_from_scratch_uses_the_checkpoint_architecture_with_fresh_weights(sentiment_base, tmp_path):
-    from lmvalue.finetune import build_task_model, start_tokenizer
+    from lmvalue.finetuning import build_task_model, start_tokenizer
     from lmvalue.tasks import TaskSpec
 
     cfg = build_config(

@@ -22,7 +22,7 @@ from lmvalue.objectives.clm import CausalLM, shifted_labels
 from lmvalue.objectives.forward import Encoded
 from lmvalue.objectives.mlm import IGNORE, MaskedLM
 from lmvalue.objectives.wwm import SpanMasking, WholeWordMasking, span_length_probs, word_units
-from lmvalue.pretrain import pretrain
+from lmvalue.pretraining import pretrain
 from lmvalue.tokenizer import load_tokenizer, train_tokenizer
 
 MASKING = {"mlm": MaskedLM, "wwm": WholeWordMasking, "span": SpanMasking}

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from lmvalue.cli import main
 from lmvalue.config import PretrainConfig, build_config
-from lmvalue.pretrain import pretrain
+from lmvalue.pretraining import pretrain
 
 KILLABLE = r"""
 import json, os, signal, sys
-import lmvalue.pretrain as P
+import lmvalue.pretraining as P
 from lmvalue.checkpoint import RunDir
 from lmvalue.config import PretrainConfig, build_config
 
@@ -311,7 +311,7 @@ def test_resume_says_which_step_and_checkpoint_it_resumed_from(
     """A resumed run used to continue without saying from where; it now logs the step and checkpoint."""
     import logging
 
-    import lmvalue.pretrain as P
+    import lmvalue.pretraining as P
 
     over = {**tiny_pretrain_overrides, "train.max_steps": 8, "train.eval_every": 4, "train.save_every": 5}
     original = P.train_loop

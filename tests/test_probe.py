@@ -9,7 +9,7 @@ import torch
 
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import ConfigError
-from lmvalue.finetune import finetune, finetune_config, load_task_data
+from lmvalue.finetuning import finetune, finetune_config, load_task_data
 from lmvalue.inference import load_task_model, score
 from lmvalue.methods.probe import EncoderFeatures
 

@@ -218,7 +218,7 @@ def test_pet_trains_the_cloze_scores_and_reloads_for_predict(reviews, tiny_mlm_d
     """PET through `lmvalue finetune`: the label-word scores at the mask are the classifier. A tiny
     random masked LM starts near chance and learns the task from 400 reviews; the saved folder
     (masked LM + prompt.yaml) loads for predict and gives the same test predictions."""
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
     from lmvalue.inference import load_task_model, score
 
     cfg = prompt_run(
@@ -242,7 +242,7 @@ def test_pet_trains_the_cloze_scores_and_reloads_for_predict(reviews, tiny_mlm_d
 
 
 def load_task_data_for(cfg, examples):
-    from lmvalue.finetune import load_task_data
+    from lmvalue.finetuning import load_task_data
 
     data = load_task_data(cfg, train_examples=examples)
     return data.train, data.test
@@ -251,7 +251,7 @@ def load_task_data_for(cfg, examples):
 def test_zero_shot_method_uses_no_training_and_matches_the_scorer(reviews, tiny_mlm_dir, tmp_path):
     from transformers import AutoModelForMaskedLM
 
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
 
     spec = {"method.templates": ["{text}总之很{mask}。"], "method.verbalizer": "pos=好,neg=差"}
     cfg = prompt_run(tmp_path / "zs", tiny_mlm_dir, "zero-shot", **{"budget.train_size": 50, **spec})
@@ -273,7 +273,7 @@ def test_zero_shot_method_uses_no_training_and_matches_the_scorer(reviews, tiny_
 
 
 def test_prompt_methods_refuse_missing_prompts_and_unmapped_labels(reviews, tiny_mlm_dir, tmp_path):
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
 
     other = [{**e, "label": {"pos": "good", "neg": "bad"}[e["label"]]} for e in reviews[:600]]
     cfg = prompt_run(tmp_path / "a", tiny_mlm_dir, "pet", **{"data.source": "x.csv"})
@@ -346,7 +346,7 @@ def test_in_context_scores_equal_a_hand_computation(zh_tok):
 def test_in_context_method_uses_the_budget_as_demonstrations_and_reloads(reviews, zh_tokenizer_dir, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
     from lmvalue.inference import load_task_model, score
 
     tok = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
@@ -391,7 +391,7 @@ def classifier_run(reviews, char_tokenizer_dir, tmp_path_factory):
     """A real `lmvalue finetune` run (2 steps of a tiny model): its model/ has a sequence-classification
     head and no masked-LM head."""
     from lmvalue.config import FinetuneConfig, build_config
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
 
     out = tmp_path_factory.mktemp("classifier") / "run"
     over = {

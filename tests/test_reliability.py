@@ -16,7 +16,7 @@ from tests.conftest import TINY_MODEL as TINY
 
 from lmvalue.cli import _subparser, build_parser, main
 from lmvalue.config import FinetuneConfig, build_config
-from lmvalue.finetune import finetune
+from lmvalue.finetuning import finetune
 
 TINY_ARGS = [f"{k}={v}" for k, v in TINY.items()]
 

@@ -76,7 +76,7 @@ def test_empty_corpus_is_refused(zh_tokenizer_dir, tmp_path):
 
 def test_pretraining_reads_the_cache_and_a_second_run_hits_it(tiny_pretrain_overrides, tmp_path):
     from lmvalue.config import PretrainConfig, build_config
-    from lmvalue.pretrain import pretrain
+    from lmvalue.pretraining import pretrain
 
     over = {**tiny_pretrain_overrides, "data.cache_dir": str(tmp_path / "cache"), "train.max_steps": 3}
     first = pretrain(

@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import ConfigError
-from lmvalue.finetune import finetune_config, llrd_groups
+from lmvalue.finetuning import finetune_config, llrd_groups
 
 
 def test_llrd_groups_scale_each_layer_and_keep_every_weight_once():
@@ -60,7 +60,7 @@ def _tiny_run(char_tokenizer_dir, tmp_path) -> dict:
 
 
 def test_a_run_takes_llrd_and_bad_values_are_refused(char_tokenizer_dir, tmp_path):
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
 
     examples = _reviews()
     over = {
@@ -151,7 +151,7 @@ def test_reinit_layers_reaches_weights_loaded_from_a_checkpoint(tmp_path):
 
 
 def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_tokenizer_dir, tmp_path):
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
     from lmvalue.inference import load_task_model, score
 
     examples = _reviews()
@@ -167,7 +167,7 @@ def test_a_mean_pooled_run_with_reinit_reloads_with_identical_predictions(char_t
     task = load_task_model(m["model_dir"])
     assert task.model.config.lmvalue_pooling == "mean"
     assert type(task.model.bert.pooler).__name__ == "MeanPooler"
-    from lmvalue.finetune import load_task_data
+    from lmvalue.finetuning import load_task_data
 
     test = load_task_data(build_config(FinetuneConfig, overrides=over), train_examples=examples[:600]).test
     rescored = score(task, test)  # a plain [CLS] reload would give other probabilities
@@ -189,7 +189,7 @@ def test_lp_ft_head_is_the_logistic_regression_fitted_on_the_frozen_features(n_c
     very features the head reads (binary: ±(w·x+b)/2; multi-class: the rows as they are)."""
     from sklearn.linear_model import LogisticRegression
 
-    from lmvalue.finetune import fit_probe_head
+    from lmvalue.finetuning import fit_probe_head
 
     model = BertForSequenceClassification(
         BertConfig(
@@ -231,7 +231,7 @@ def test_lp_ft_head_is_the_logistic_regression_fitted_on_the_frozen_features(n_c
 def test_lp_ft_fine_tuning_starts_from_the_first_stages_head(char_tokenizer_dir, tmp_path):
     """With a zero learning rate, the model fine-tuning returns is its starting point: with
     model.head_init=probe its head is the regression fitted on the frozen features; without, zero."""
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
 
     examples = _reviews()
     over = {

@@ -52,7 +52,7 @@ def test_the_embeddings_hold_exactly_the_vectors_of_the_tokenizers_pieces(char_t
 
 def test_a_pretraining_run_with_init_vectors_records_them(char_tokenizer_dir, tmp_path, texts):
     from lmvalue.config import PretrainConfig, build_config
-    from lmvalue.pretrain import pretrain
+    from lmvalue.pretraining import pretrain
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")

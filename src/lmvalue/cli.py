@@ -200,7 +200,7 @@ def config_from_args(cls, args: argparse.Namespace, checks=()):
 
 def cmd_pretrain(args):
     from lmvalue.config import PretrainConfig
-    from lmvalue.pretrain import pretrain
+    from lmvalue.pretraining import pretrain
 
     cfg = config_from_args(PretrainConfig, args)
     metrics = pretrain(cfg)
@@ -305,7 +305,7 @@ def cmd_generate(args):
 
 def cmd_finetune(args):
     from lmvalue.config import FinetuneConfig
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
     from lmvalue.methods import config_problems
 
     cfg = config_from_args(FinetuneConfig, args, checks=[config_problems])

@@ -97,7 +97,7 @@ def corpus_blocks(source: str, tokenizer, pcfg: PretrainConfig, max_blocks: int)
     from lmvalue.data.packing import pack_blocks, split_documents
     from lmvalue.data.shards import cached_blocks, cached_tokens
     from lmvalue.data.sources import iter_texts
-    from lmvalue.pretrain import source_kwargs
+    from lmvalue.pretraining import source_kwargs
 
     kwargs = source_kwargs(dataclasses.replace(pcfg, data=dataclasses.replace(pcfg.data, source=source)))
     entry, _ = cached_tokens(lambda: iter_texts(source, **kwargs), tokenizer, cache_dir=pcfg.data.cache_dir)
@@ -222,7 +222,7 @@ def run_continual(cfg: ContinualConfig) -> dict:
     """Run every stage in order (finished stages are kept, an interrupted one resumes with
     ``resume``); return and write the forgetting matrix and transfer metrics."""
     from lmvalue.checkpoint import RunDir
-    from lmvalue.pretrain import pretrain
+    from lmvalue.pretraining import pretrain
     from lmvalue.tokenizer import load_tokenizer
 
     out = Path(cfg.output_dir)

@@ -1,6 +1,6 @@
 """Using a task model: load any fine-tuned folder, predict, and score labeled examples.
 
-:func:`load_task_model` reads what :func:`lmvalue.finetune.finetune` writes (full models,
+:func:`load_task_model` reads what :func:`lmvalue.finetuning.finetune` writes (full models,
 parameter-efficient adapters with their ``base/``, TF-IDF pipelines) and also plain Hugging Face
 ``*ForSequenceClassification`` / ``*ForTokenClassification`` folders and peft adapter folders
 made elsewhere. ``lmvalue evaluate`` and ``lmvalue predict`` are thin layers over this module.
@@ -209,7 +209,7 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
             f"batch size must be a positive number of inputs, got {batch_size!r}"
             + with_option("train.batch_size", "64")
         )
-    torch.set_flush_denormal(True)  # see lmvalue.finetune.finetune: subnormals are ~100x slower on CPU
+    torch.set_flush_denormal(True)  # see lmvalue.finetuning.finetune: subnormals are ~100x slower on CPU
     folder = Path(path)
     if (
         (folder / "model").is_dir()

@@ -170,7 +170,7 @@ def draw_budget(
                 raise DataError(
                     msg + f"; lower {setting('budget.per_class')}, or drop --strict to use all of them"
                 )
-            info["shortfall"] = msg  # the caller says it, once (lmvalue.finetune.load_task_data)
+            info["shortfall"] = msg  # the caller says it, once (lmvalue.finetuning.load_task_data)
         counts = {s: min(n, per_class) for s, n in sizes.items()}
     elif train_size is not None:
         if train_size > len(pool):

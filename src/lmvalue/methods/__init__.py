@@ -254,7 +254,7 @@ def get_method(name: str) -> Method:
 def config_problems(cfg) -> list[str]:
     """What makes a fine-tuning config (:class:`lmvalue.config.FinetuneConfig`) wrong for its method:
     the checks that need this registry, run by ``build_config(..., checks=[config_problems])`` and by
-    :func:`lmvalue.finetune.finetune` on entry."""
+    :func:`lmvalue.finetuning.finetune` on entry."""
     out = []
     name, model = cfg.method.name, cfg.model
     method = METHODS.get(name)

@@ -89,7 +89,7 @@ def fit_prompt(cfg, data, run, accelerator) -> dict:
     """``method.name`` ``zero-shot`` (no training), ``pet`` (the cloze scores trained with
     cross-entropy on the budget's train split, the best dev evaluation kept; PET, Schick & Schütze
     2021) or ``in-context`` (a causal LM with the train split as demonstrations, no training): the
-    result dict :func:`lmvalue.finetune.finetune` expects."""
+    result dict :func:`lmvalue.finetuning.finetune` expects."""
 
     from lmvalue.inference import TaskModel, score
     from lmvalue.models import count_parameters, forward_parameters

@@ -735,7 +735,7 @@ def _prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict) -> dic
     if arm.kind == "scratch":
         return {"model": None, "tokenizer": str(tok_dir), "from_scratch": True}
     from lmvalue.config import PretrainConfig, build_config
-    from lmvalue.pretrain import pretrain
+    from lmvalue.pretraining import pretrain
 
     if arm.kind == "prompt":  # the study's own masked LM: the same pretraining as pretrained:mlm
         arm = Arm(name="pretrained:mlm", kind="pretrained", arg="mlm", method=arm.method)
@@ -865,7 +865,7 @@ def run_cell(
         return run_semisup_cell(arm, state, train, test, budget, seed, cfg)
 
     from lmvalue.config import FinetuneConfig, build_config
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
 
     with tempfile.TemporaryDirectory(prefix="lmvalue-cell-") as tmp, _quiet_cell():
         overrides = cell_overrides(arm, state, budget, seed, cfg, str(Path(tmp) / "run"))
@@ -912,7 +912,7 @@ def run_semisup_cell(
     import tempfile
 
     from lmvalue.config import FinetuneConfig, build_config
-    from lmvalue.finetune import finetune
+    from lmvalue.finetuning import finetune
     from lmvalue.inference import score
     from lmvalue.value.semisup import Candidate, class_prior, select_pseudo, self_train
 
