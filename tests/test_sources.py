@@ -330,13 +330,13 @@ def _entities(tokens: list[str], tags: list[str]) -> list[tuple[str, str]]:
 
 def test_ner_brackets_and_person_names(tmp_path):
     f = write(tmp_path / "pd.txt", PD_SAMPLE)
-    opts = sources._ReadOptions()
-    lines = [parsed for _, _, _, parsed in sources._read_people_daily(f, opts)]
-    chars, bio = sources._ner_bio(lines[0])
+    opts = sources.common.ReadOptions()
+    lines = [parsed for _, _, _, parsed in sources.conll.read_people_daily(f, opts)]
+    chars, bio = sources.conll.ner_bio(lines[0])
     assert "".join(chars) == "中共中央总书记、国家主席江泽民"
     assert bio[-3:] == ["B-PER", "I-PER", "I-PER"]
     assert _entities(chars, bio) == [("ORG", "中共中央"), ("PER", "江泽民")]
-    chars, bio = sources._ner_bio(lines[1])
+    chars, bio = sources.conll.ner_bio(lines[1])
     assert _entities(chars, bio) == [("ORG", "中央人民广播电台"), ("LOC", "香港特别行政区"), ("LOC", "北京")]
 
 
@@ -450,7 +450,7 @@ def test_task_mismatch_messages(tmp_path):
 
 
 def test_hf_spec_parsing():
-    p = sources._parse_hf_spec
+    p = sources.common.parse_hf_spec
     assert (p("hf:imdb").name, p("hf:imdb").variant, p("hf:imdb").split) == ("imdb", None, "train")
     assert (p("hf:imdb:test").variant, p("hf:imdb:test").split) == (None, "test")
     assert (p("hf:glue:sst2").variant, p("hf:glue:sst2").split) == ("sst2", "train")
