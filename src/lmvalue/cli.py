@@ -464,17 +464,8 @@ def add_encoding_options(p: argparse.ArgumentParser, *, default: str | None = "u
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lmvalue import __version__
-    from lmvalue.config import TOKENIZER_KINDS, ContinualConfig, FinetuneConfig, PretrainConfig, StudyConfig
-
-    parser = argparse.ArgumentParser(
-        prog="lmvalue",
-        description="Pretrain language models on your unlabeled text and measure what it was worth.",
-    )
-    parser.add_argument("--version", action="version", version=f"lmvalue {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_pretrain_command(sub) -> None:
+    from lmvalue.config import PretrainConfig
 
     p = sub.add_parser(
         "pretrain",
@@ -483,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_options(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)
+
+
+def _add_tokenizer_command(sub) -> None:
+    from lmvalue.config import TOKENIZER_KINDS
 
     p = sub.add_parser(
         "tokenizer",
@@ -505,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer in --output")
     p.set_defaults(func=cmd_tokenizer)
 
+
+def _add_demo_command(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole value study on built-in data (demo:zh-reviews), in about 15 minutes on 2 CPU cores",
@@ -525,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_value_command(sub) -> None:
+    from lmvalue.config import StudyConfig
+
     p = sub.add_parser(
         "value",
         help="learning curves: how many labels is pretraining on your text worth?",
@@ -535,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flat_options(p, StudyConfig)
     p.set_defaults(func=cmd_value)
 
+
+def _add_report_command(sub) -> None:
     p = sub.add_parser(
         "report",
         help="(re)write a study's HTML/Markdown report",
@@ -544,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study folder")
     p.set_defaults(func=cmd_report)
 
+
+def _add_generate_command(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="sample continuations from a causal LM (pretrained with objective clm)",
@@ -561,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_finetune_command(sub) -> None:
+    from lmvalue.config import FinetuneConfig
+
     p = sub.add_parser(
         "finetune",
         help="fine-tune on a label budget and score the test split",
@@ -570,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, FinetuneConfig)
     p.set_defaults(func=cmd_finetune)
 
+
+def _add_evaluate_command(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a fine-tuned model on a labeled file",
@@ -592,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoding_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict_command(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="label texts with a fine-tuned model",
@@ -617,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoding_options(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_continual_command(sub) -> None:
+    from lmvalue.config import ContinualConfig
+
     p = sub.add_parser(
         "continual",
         help="continued pretraining on new text, stage by stage, measuring forgetting",
@@ -631,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoding_options(p, default=None)
     p.set_defaults(func=cmd_continual)
 
+
+def _add_prompt_command(sub) -> None:
     p = sub.add_parser(
         "prompt",
         help="zero-shot cloze prompting of a masked LM",
@@ -661,6 +680,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="folder for metrics.json and predictions.jsonl")
     add_encoding_options(p)
     p.set_defaults(func=cmd_prompt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmvalue import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lmvalue",
+        description="Pretrain language models on your unlabeled text and measure what it was worth.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmvalue {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_pretrain_command(sub)
+    _add_tokenizer_command(sub)
+    _add_demo_command(sub)
+    _add_value_command(sub)
+    _add_report_command(sub)
+    _add_generate_command(sub)
+    _add_finetune_command(sub)
+    _add_evaluate_command(sub)
+    _add_predict_command(sub)
+    _add_continual_command(sub)
+    _add_prompt_command(sub)
     return parser
 
 
