@@ -283,14 +283,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, tiny_pretrain_ove
     assert all(torch.isfinite(t).all() for t in state.values())
 
 
-def test_help_on_every_command(capsys):
-    for command in ("pretrain", "tokenizer", "demo"):
-        with pytest.raises(SystemExit) as e:
-            main([command, "--help"])
-        assert e.value.code == 0
-        assert "usage: lmvalue" in capsys.readouterr().out
-
-
 def test_runs_with_different_precisions_in_one_process(tiny_pretrain_overrides, tmp_path):
     """accelerate's process-wide state must not stop a bf16 run after an fp32 one (value studies,
     benchmarks and notebooks run several in one process)."""
