@@ -104,7 +104,7 @@ PEFT = {
     "prefix": ("prefix", {}),
     "prompt-tuning": ("prompt-tuning", {}),
     "adapter": ("adapter", {}),
-    "adapter-pfeiffer": ("adapter", {"adapter_kind": "pfeiffer"}),
+    "adapter-pfeiffer": ("adapter", {"adapter.kind": "pfeiffer"}),
 }
 MERGEABLE = {"lora", "adalora", "ia3"}
 
@@ -255,8 +255,7 @@ def test_parameter_efficient_methods_train_their_own_weights_and_nothing_of_the_
 ):
     """From a base never trained on sentiment: every weight the method trains gets a gradient and
     moves, the loss on the batch falls, and every weight of the base stays exactly as it was."""
-    from lmvalue.config import MethodConfig
-    from lmvalue.finetune import build_task_model, start_tokenizer
+    from lmvalue.finetuning import build_task_model, start_tokenizer
     from lmvalue.methods import METHODS, MethodContext
     from lmvalue.tasks import TaskSpec
     from lmvalue.tasks.encode import collate, encode
@@ -268,9 +267,10 @@ def test_parameter_efficient_methods_train_their_own_weights_and_nothing_of_the_
     spec = TaskSpec(kind="classification", labels=("neg", "pos"), metric="macro_f1")
     tok = start_tokenizer(cfg.model)
     model = build_task_model(cfg.model, spec, tok, seed=0)
-    model = METHODS[name].apply(
-        model, MethodConfig(name=name, **extra), MethodContext(level="sequence", total_steps=40)
-    )
+    method_cfg = build_config(
+        FinetuneConfig, overrides={"method.name": name, **{f"method.{k}": v for k, v in extra.items()}}
+    ).method
+    model = METHODS[name].apply(model, method_cfg, MethodContext(level="sequence", total_steps=40))
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
     head = {n for n in trainable if "classifier" in n.split(".")}

@@ -253,7 +253,10 @@ def test_zero_shot_method_uses_no_training_and_matches_the_scorer(reviews, tiny_
 
     from lmvalue.finetuning import finetune
 
-    spec = {"method.templates": ["{text}总之很{mask}。"], "method.verbalizer": "pos=好,neg=差"}
+    spec = {
+        "method.prompting.templates": ["{text}总之很{mask}。"],
+        "method.prompting.verbalizer": "pos=好,neg=差",
+    }
     cfg = prompt_run(tmp_path / "zs", tiny_mlm_dir, "zero-shot", **{"budget.train_size": 50, **spec})
     m = finetune(cfg, train_examples=reviews[:1000])
     assert m["steps"] == 0 and m["trainable_params"] == 0 and m["train_flops"] == 0
@@ -283,7 +286,7 @@ def test_prompt_methods_refuse_missing_prompts_and_unmapped_labels(reviews, tiny
         tmp_path / "b",
         tiny_mlm_dir,
         "pet",
-        **{"method.verbalizer": "good=好,meh=差", "method.templates": ["{text}很{mask}"]},
+        **{"method.prompting.verbalizer": "good=好,meh=差", "method.prompting.templates": ["{text}很{mask}"]},
     )
     with pytest.raises(ConfigError, match="labels \\['bad'\\]"):
         finetune(cfg, train_examples=other)
@@ -453,8 +456,8 @@ def test_cloze_methods_refuse_a_classifier_before_writing(method, classifier_run
     out = tmp_path / "run"
     args = ["finetune", "--method", method, "--init-from", str(classifier_run / "model"), "--data", str(data)]
     spec = [
-        "method.templates=['{text}总之很{mask}。']",
-        "method.verbalizer=pos=好,neg=差",
+        "method.prompting.templates=['{text}总之很{mask}。']",
+        "method.prompting.verbalizer=pos=好,neg=差",
         "data.test_size=50",
     ]
     assert main([*args, "-o", str(out), "--train-size", "40", *spec]) == 2

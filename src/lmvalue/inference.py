@@ -242,9 +242,9 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
             raise CheckpointError(
                 f"{folder} is a peft adapter without base_model_name_or_path; cannot load it"
             )
-        base_dir, name = base_ref, "lora"
+        base_dir, method = base_ref, get_method("lora")
     else:
-        base_dir = folder / "base" if name != "full" else folder
+        base_dir = folder / "base" if method.keeps_base else folder
     if not (Path(base_dir) / "config.json").is_file() and Path(base_dir).exists():
         raise CheckpointError(
             f"{folder} is not a model folder (no config.json): point to the model/ folder of a fine-tuning run, "
@@ -265,12 +265,11 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     _quiet_transformers()
     model = from_pretrained(_auto_class(spec.level), base_dir)
     set_pooling(model, getattr(model.config, POOLING_KEY, "cls"))  # model.pooling=mean, as trained
-    if name != "full":
+    if method.load is not None:  # the method's trained part, on top of the base
         from lmvalue.config import MethodConfig, from_dict
-        from lmvalue.methods import get_method
 
-        mcfg = from_dict(MethodConfig, method_info.get("config", {"name": name}))
-        model = get_method(name).load(model, folder, mcfg)
+        mcfg = from_dict(MethodConfig, method_info.get("config", {"name": method.name}))
+        model = method.load(model, folder, mcfg)
     model.eval()
     return TaskModel(
         spec=spec, model=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size
