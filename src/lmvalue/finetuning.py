@@ -47,6 +47,7 @@ from lmvalue.errors import CheckpointError, ConfigError, DataError
 from lmvalue.inference import TaskModel, check_labels, head_labels, score
 from lmvalue.loop import make_accelerator, resolve_precision, train_loop
 from lmvalue.methods import Method, MethodContext, config_problems, get_method
+from lmvalue.methods.state import HEAD_MODULES_KEY
 from lmvalue.models import check_vocab, count_parameters, forward_parameters, preset_config
 from lmvalue.prompting.scorer import check_masked_lm_start, resolve_prompt
 from lmvalue.prompting.training import fit_prompt
@@ -264,7 +265,10 @@ def build_task_model(
     if mcfg.init_from and not mcfg.from_scratch:
         ref = resolve_checkpoint(mcfg.init_from)
         check_vocab(tokenizer, AutoConfig.from_pretrained(ref), where=mcfg.init_from)
-        model = from_pretrained(auto, ref, ignore_mismatched_sizes=not reuse_head, **labels)
+        model, loading = from_pretrained(
+            auto, ref, ignore_mismatched_sizes=not reuse_head, output_loading_info=True, **labels
+        )
+        fresh = {part for key in loading["missing_keys"] for part in key.split(".") if part == "pooler"}
     else:
         if mcfg.init_from:
             config = AutoConfig.from_pretrained(resolve_checkpoint(mcfg.init_from))
@@ -276,6 +280,10 @@ def build_task_model(
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
         model = auto.from_config(config)
+        fresh = {part for name, _ in model.named_parameters() for part in name.split(".") if part == "pooler"}
+    # A pooler the checkpoint did not provide starts random: methods that freeze the encoder train it
+    # with the head (lmvalue.methods.state.head_names), and a reloaded model knows it from its config.
+    setattr(model.config, HEAD_MODULES_KEY, sorted(fresh))
     if not reuse_head:
         _zero_head(model)
     if getattr(model.config, "pad_token_id", None) is None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmvalue.errors import LmvalueError
-from lmvalue.methods.state import is_head, load_trainable, save_trainable
+from lmvalue.methods.state import head_names, is_head, load_trainable, save_trainable
 
 # BERT-style names (bert, roberta, electra, xlm-roberta, ...): layer.N.attention.output.dense and
 # layer.N.output.dense (the feed-forward output).
@@ -68,6 +68,7 @@ def apply(model, cfg, ctx=None):
             f"method adapter supports BERT-style encoders (layer.N.attention.output.dense / layer.N.output.dense); "
             f"the {kind} model has none. Use method.name=lora, which supports most architectures"
         )
+    heads = head_names(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
@@ -78,7 +79,7 @@ def apply(model, cfg, ctx=None):
         for p in (*wrapped.down.parameters(), *wrapped.up.parameters()):
             p.requires_grad_(True)
     for name, p in model.named_parameters():
-        if is_head(name) or (cfg.adapter.kind == "houlsby" and "LayerNorm" in name):
+        if is_head(name, heads) or (cfg.adapter.kind == "houlsby" and "LayerNorm" in name):
             p.requires_grad_(True)
     return model
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmvalue.methods.state import HEAD_NAMES, head_names
+
 
 def _task_type(ctx):
     from peft import TaskType
@@ -77,7 +79,11 @@ def apply(model, cfg, ctx):
     """Wrap ``model`` in a ``PeftModel``: only the method's weights and the head stay trainable."""
     from peft import get_peft_model
 
-    return get_peft_model(model, PEFT_CONFIGS[cfg.name](cfg, ctx))
+    peft_config = PEFT_CONFIGS[cfg.name](cfg, ctx)
+    extra = [h for h in head_names(model) if h not in HEAD_NAMES]  # e.g. a fresh pooler
+    if extra:  # peft adds the classifier itself
+        peft_config.modules_to_save = sorted(set(peft_config.modules_to_save or []) | set(extra))
+    return get_peft_model(model, peft_config)
 
 
 def save(model, folder: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmvalue.methods.state import is_head, load_trainable, save_trainable
+from lmvalue.methods.state import head_names, is_head, load_trainable, save_trainable
 
 
 class PrefixTuned(nn.Module):
@@ -54,10 +54,11 @@ class PrefixTuned(nn.Module):
 
 
 def apply(model, cfg, ctx=None):
+    heads = head_names(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for name, p in model.named_parameters():
-        if is_head(name):
+        if is_head(name, heads):
             p.requires_grad_(True)
     return PrefixTuned(model, cfg.prefix.num_virtual_tokens)
 

@@ -12,8 +12,20 @@ WEIGHTS_FILE = "method_weights.safetensors"
 HEAD_NAMES = ("classifier", "score")  # the task head of transformers' *ForSequence/TokenClassification
 
 
-def is_head(name: str) -> bool:
-    return any(part in HEAD_NAMES for part in name.split("."))
+HEAD_MODULES_KEY = "lmvalue_head_modules"  # model.config: modules trained with the head (see head_names)
+
+
+def head_names(model) -> tuple[str, ...]:
+    """The module names of the task head: transformers' ``classifier`` / ``score``, plus the modules the
+    checkpoint did not provide (``model.config.lmvalue_head_modules``, set when the task model is built):
+    a pooler that a masked-LM checkpoint lacks starts random, and a frozen random pooler would sit between
+    the encoder and the head of every method that freezes the encoder, so it trains with the head."""
+    config = getattr(model, "config", None)
+    return HEAD_NAMES + tuple(getattr(config, HEAD_MODULES_KEY, None) or ())
+
+
+def is_head(name: str, heads: tuple[str, ...] = HEAD_NAMES) -> bool:
+    return any(part in heads for part in name.split("."))
 
 
 def save_trainable(model: torch.nn.Module, folder: Path) -> None:
