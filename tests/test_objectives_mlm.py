@@ -1,6 +1,7 @@
 import torch
 
-from lmvalue.objectives.mlm import IGNORE, MaskedLM, apply_masking, masked_lm_losses, select_exact
+from lmvalue.objectives.forward import Encoded
+from lmvalue.objectives.mlm import IGNORE, MaskedLM, apply_masking, masked_lm_loss, select_exact
 from lmvalue.tokenizer import load_tokenizer
 
 
@@ -62,11 +63,11 @@ def test_sparse_head_matches_dense_loss_and_gradients():
         ids, chosen, torch.Generator().manual_seed(1), mask_token_id=4, vocab_size=300
     )
     batch = {"input_ids": inp, "labels": labels}
-    sparse = masked_lm_losses(model, batch, sparse_head=True)["mlm_loss"]
+    sparse = masked_lm_loss(Encoded(model, batch, sparse_head=True), labels)["mlm_loss"]
     sparse.backward()
     g_sparse = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    dense = masked_lm_losses(model, batch, sparse_head=False)["mlm_loss"]
+    dense = masked_lm_loss(Encoded(model, batch, sparse_head=False), labels)["mlm_loss"]
     reference = model(input_ids=inp, labels=labels).loss  # transformers' own computation
     dense.backward()
     assert abs(sparse.item() - dense.item()) < 1e-5 and abs(sparse.item() - reference.item()) < 1e-5

@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from lmvalue.data.packing import BlockBatches, pack_blocks, split_documents, tokenize_corpus
+from lmvalue.data.annotate import tokenize_annotated
+from lmvalue.data.packing import BlockBatches, pack_blocks, split_documents
 from lmvalue.tokenizer import load_tokenizer
 
 
@@ -23,10 +24,11 @@ def test_split_documents_is_seeded_and_disjoint():
     assert not set(a_train) & set(a_eval) and len(a_train) + len(a_eval) == 100
 
 
-def test_tokenize_corpus_offsets(zh_tokenizer_dir):
+def test_tokenized_corpus_offsets(zh_tokenizer_dir):
     tok = load_tokenizer(zh_tokenizer_dir)
     texts = ["这个东西很好", "质量太差了，不推荐"]
-    ids, offsets = tokenize_corpus(texts, tok)
+    corpus = tokenize_annotated(texts, tok)
+    ids, offsets = corpus.ids, corpus.offsets
     assert offsets[-1] == len(ids)
     assert (
         list(ids[offsets[1] : offsets[2]]) == tok("质量太差了，不推荐", add_special_tokens=False)["input_ids"]

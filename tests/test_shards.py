@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from lmvalue.data.packing import pack_blocks, tokenize_corpus
+from lmvalue.data.annotate import tokenize_annotated
+from lmvalue.data.packing import pack_blocks
 from lmvalue.data.shards import cached_blocks, cached_tokens
 from lmvalue.data.sources import iter_texts
 from lmvalue.errors import DataError
@@ -18,7 +19,8 @@ def texts():
 
 def test_cached_ids_equal_in_memory_tokenization_and_are_reused(texts, zh_tokenizer_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
-    ids, offsets = tokenize_corpus(texts, tok)
+    corpus = tokenize_annotated(texts, tok)
+    ids, offsets = corpus.ids, corpus.offsets
     entry, stats = cached_tokens(lambda: iter(texts), tok, cache_dir=tmp_path)
     assert not stats["hit"] and stats["mb_per_s"] > 0
     assert isinstance(entry.ids, np.memmap) and entry.ids.dtype == np.uint16  # vocab 1,500 fits
@@ -105,7 +107,8 @@ def test_a_tokenizer_that_truncates_does_not_cut_documents(texts, zh_tokenizer_d
     from lmvalue.data.annotate import tokenize_annotated
 
     tok = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
-    ids, offsets = tokenize_corpus(texts, tok)
+    corpus = tokenize_annotated(texts, tok)
+    ids, offsets = corpus.ids, corpus.offsets
     assert np.diff(offsets).max() > 20
     cutting = AutoTokenizer.from_pretrained(zh_tokenizer_dir)
     cutting.backend_tokenizer.enable_truncation(max_length=8)

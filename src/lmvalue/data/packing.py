@@ -13,27 +13,12 @@ reading the batches before it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from lmvalue.errors import DataError
-
-
-def tokenize_corpus(
-    texts: Iterable[str], tokenizer, *, batch_docs: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of every document, concatenated, without special tokens.
-
-    Returns:
-        (ids, offsets): ids int32 (N,), offsets int64 (D + 1,) so that document d is
-        ``ids[offsets[d]:offsets[d + 1]]``.
-    """
-    from lmvalue.data.annotate import tokenize_annotated
-
-    corpus = tokenize_annotated(texts, tokenizer, batch_docs=batch_docs)
-    return corpus.ids, corpus.offsets
 
 
 def split_documents(n_docs: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

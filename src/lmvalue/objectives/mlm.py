@@ -90,12 +90,6 @@ def masked_lm_loss(encoded: Encoded, labels: torch.Tensor, prefix: str = "mlm") 
     }
 
 
-def masked_lm_losses(model, batch: dict, *, sparse_head: bool = True, prefix: str = "mlm") -> dict:
-    """:func:`masked_lm_loss` of ``model`` on a batch with input_ids, labels (and optional
-    attention_mask / token_type_ids)."""
-    return masked_lm_loss(Encoded(model, batch, sparse_head=sparse_head), batch["labels"], prefix)
-
-
 def check_encoder(name: str, model) -> None:
     """Masked-LM objectives need a bidirectional encoder; a decoder cannot see the token it predicts."""
     if model is not None and is_decoder(model.config):
