@@ -426,3 +426,24 @@ def test_a_study_with_a_step_budget_gives_the_same_scores_twice(tmp_path):
     wa = load_file(a / "arms" / "pretrained_mlm" / "model" / "model.safetensors")
     wb = load_file(b / "arms" / "pretrained_mlm" / "model" / "model.safetensors")
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_resume_state_is_plain_data_that_loads_without_pickle(tmp_path):
+    """Checkpoints' RNG and loop state load with torch.load(weights_only=True): no pickled objects."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from lmvalue.loop import _rng_state, _set_rng_state
+
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    torch.save(_rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

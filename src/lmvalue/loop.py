@@ -150,9 +150,13 @@ def _progress(state: LoopState, cfg: TrainConfig) -> float:
 
 
 def _rng_state() -> dict:
+    """Every generator's state as tensors and plain numbers, so that it loads with
+    ``torch.load(..., weights_only=True)`` (no pickled objects in a checkpoint)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -161,8 +165,10 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -213,12 +219,12 @@ def train_loop(
     state = LoopState()
     if resume_from is not None:
         load_model(model, resume_from)
-        saved = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
+        saved = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         state = LoopState(**saved["loop"])
         rng_file = resume_from / f"rng_rank{rank}.pt"
         if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+            _set_rng_state(torch.load(rng_file, weights_only=True))
         if main:
             log.info("resumed from step %d of %d (checkpoint %s)", state.step, cfg.max_steps, resume_from)
     if cfg.fast_dropout:
