@@ -795,3 +795,58 @@ def test_confusion_plot_of_chinese_labels_warns_nothing(reviews, tmp_path):
         )
     assert (out / "test_confusion.png").stat().st_size > 0
     assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+
+
+class _Exploit:
+    """What a malicious pickle does: unpickling it runs code (here: it creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_scikit_learn_models_are_plain_data_and_a_pickle_is_never_loaded_unasked(
+    tfidf_model, tmp_path, capsys
+):
+    import shutil
+
+    import joblib
+
+    from lmvalue.methods import plainstate
+
+    names = {p.name for p in tfidf_model.iterdir()}
+    assert {"model.json", "model.safetensors"} <= names and not any(
+        n.endswith((".joblib", ".pkl")) for n in names
+    )
+    (tmp_path / "in.txt").write_text("质量很好\n太差了\n", encoding="utf-8")
+    inp = str(tmp_path / "in.txt")
+    assert main(["predict", "-m", str(tfidf_model), "-i", inp]) == 0
+    expected = capsys.readouterr().out
+
+    # A folder of lmvalue <= 0.3: the same pipeline pickled. Refused (exit 2, names the flag) unless trusted.
+    old = tmp_path / "old"
+    shutil.copytree(tfidf_model, old)
+    joblib.dump(plainstate.load(tfidf_model), old / "tfidf.joblib")
+    (old / "model.json").unlink()
+    (old / "model.safetensors").unlink()
+    assert main(["predict", "-m", str(old), "-i", inp]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(["predict", "-m", str(old), "-i", inp, "--trust-pickle"]) == 0
+    assert capsys.readouterr().out == expected
+
+    # A malicious pickle is not even opened without the flag: its code never runs.
+    marker = tmp_path / "pwned"
+    joblib.dump(_Exploit(marker), old / "tfidf.joblib")
+    assert main(["predict", "-m", str(old), "-i", inp]) == 2
+    assert not marker.exists()
+
+    # The plain format names classes; one outside the allow-list is refused, not built.
+    bad = tmp_path / "bad"
+    shutil.copytree(tfidf_model, bad)
+    state = json.loads((bad / "model.json").read_text(encoding="utf-8"))
+    state["root"] = {"__object__": "subprocess.Popen", "state": {}}
+    (bad / "model.json").write_text(json.dumps(state), encoding="utf-8")
+    assert main(["predict", "-m", str(bad), "-i", inp]) == 2
+    assert "subprocess.Popen" in capsys.readouterr().err

@@ -343,6 +343,7 @@ def cmd_evaluate(args):
         text_pair_column=args.text_pair_column,
         unknown_labels=args.unknown_labels,
         out_dir=args.output,
+        trust_pickle=args.trust_pickle,
         encoding=args.encoding,
         errors=args.errors,
     )
@@ -375,7 +376,7 @@ def cmd_predict(args):
         from lmvalue.files import check_output_file
 
         check_output_file(args.output, flag="--output")
-    task = load_task_model(args.model, batch_size=args.batch_size)
+    task = load_task_model(args.model, batch_size=args.batch_size, trust_pickle=args.trust_pickle)
     inputs = read_inputs(
         args.input, task.spec, text_column=args.text_column, encoding=args.encoding, errors=args.errors
     )
@@ -600,6 +601,12 @@ def _add_evaluate_command(sub) -> None:
         help="labels the model does not know: stop (default) or score them as errors",
     )
     p.add_argument("--output", "-o", default=None, help="folder for metrics.json, report and confusion PNG")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code it "
+        "contains, so only for folders you trust",
+    )
     add_encoding_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -627,6 +634,12 @@ def _add_predict_command(sub) -> None:
         "--text-column", default="text", help="text column/field of .csv/.jsonl inputs (default text)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="inputs per batch (default 64)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code it "
+        "contains, so only for folders you trust",
+    )
     add_encoding_options(p)
     p.set_defaults(func=cmd_predict)
 

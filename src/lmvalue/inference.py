@@ -195,8 +195,12 @@ def _spec_from_config(config, folder: Path) -> TaskSpec:
     return TaskSpec(kind=kind, labels=labels, metric=metric)
 
 
-def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
+def load_task_model(path: str | Path, *, batch_size: int = 64, trust_pickle: bool = False) -> TaskModel:
     """Load a fine-tuned model folder (or an lmvalue fine-tuning run folder) for prediction.
+
+    No code from the folder runs: weights are safetensors, the scikit-learn methods' models plain data.
+    ``trust_pickle`` also reads the pickled models of lmvalue <= 0.3 (``tfidf.joblib``), which can run
+    any code they contain.
 
     Raises:
         CheckpointError: the folder is missing or holds no task model.
@@ -227,7 +231,9 @@ def load_task_model(path: str | Path, *, batch_size: int = 64) -> TaskModel:
     method = get_method(name)
     if method.family == "classical":
         return TaskModel(
-            spec=TaskSpec.load(folder), pipeline=method.trainer.load(folder), batch_size=batch_size
+            spec=TaskSpec.load(folder),
+            pipeline=method.trainer.load(folder, trust_pickle=trust_pickle),
+            batch_size=batch_size,
         )
     if method.family == "prompt":
         from lmvalue.prompting import load_scorer
@@ -327,6 +333,7 @@ def evaluate_model(
     out_dir: str | Path | None = None,
     encoding: str = "utf-8",
     errors: str = "strict",
+    trust_pickle: bool = False,
 ) -> dict:
     """Score a task model on a labeled file; with ``out_dir`` write metrics, report and confusion PNG.
 
@@ -337,7 +344,7 @@ def evaluate_model(
 
     if out_dir is not None:
         prepare_output_dir(out_dir, create=False)  # before the model and data are read
-    task = load_task_model(model_dir)
+    task = load_task_model(model_dir, trust_pickle=trust_pickle)
     spec = task.spec
     if spec.kind == "pair" and not text_pair_column:
         text_pair_column = "text_pair"

@@ -8,7 +8,7 @@ fine-tuning every weight, which is what a small, briefly pretrained model needs 
 docs/value-recipes.md). ``method.probe.layers`` picks the states: ``all`` (the mean over the embedding
 output and every layer) or ``last``.
 
-A saved probe is a folder with the pipeline (``tfidf.joblib``, as the other scikit-learn methods) and
+A saved probe is a folder with the pipeline (``model.json`` + ``model.safetensors``, as the other scikit-learn methods) and
 the encoder it reads (``encoder/``, a Hugging Face folder), so ``predict``/``serve`` need nothing else.
 """
 
@@ -179,10 +179,10 @@ def save(pipe: ProbeClassifier, folder: Path) -> None:
         features.encoder = source
 
 
-def load(folder: Path) -> ProbeClassifier:
+def load(folder: Path, *, trust_pickle: bool = False) -> ProbeClassifier:
     from lmvalue.methods import tfidf
 
-    pipe = tfidf.load(folder)
+    pipe = tfidf.load(folder, trust_pickle=trust_pickle)
     features = pipe.named_steps["features"]
     features.encoder = str(Path(folder) / features.encoder)
     return pipe

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from lmvalue.errors import DataError
+from lmvalue.methods import plainstate
 
-MODEL_FILE = "tfidf.joblib"
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
 
@@ -101,15 +101,12 @@ def n_parameters(pipe) -> int:
 
 
 def save(pipe, folder: Path) -> None:
-    import joblib
+    """The fitted pipeline as plain data (:mod:`lmvalue.methods.plainstate`): no pickle."""
+    plainstate.save(pipe, folder)
 
-    joblib.dump(pipe, Path(folder) / MODEL_FILE)
 
-
-def load(folder: Path):
-    import joblib
-
-    return joblib.load(Path(folder) / MODEL_FILE)
+def load(folder: Path, *, trust_pickle: bool = False):
+    return plainstate.load(folder, trust_pickle=trust_pickle)
 
 
 def prepare(cfg) -> dict:
