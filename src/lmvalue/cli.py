@@ -415,6 +415,39 @@ def cmd_continual(args):
     )
 
 
+def cmd_serve(args):
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise LmvalueError(
+            "lmvalue serve needs FastAPI and uvicorn: pip install 'lmvalue[serve]' (or pip install fastapi uvicorn)"
+        ) from None
+    from lmvalue.inference import load_task_model
+    from lmvalue.serve import ServeSettings, serve
+
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_inputs=args.max_inputs,
+        max_chars=args.max_chars,
+        max_queue=args.max_queue,
+        log_inputs=args.log_inputs,
+        trust_pickle=args.trust_pickle,
+    )
+    for name in ("max_batch", "max_inputs", "max_chars", "max_queue"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if settings.max_wait_ms < 0:
+        raise ConfigError("--max-wait-ms must be >= 0")
+    load_task_model(args.model, trust_pickle=args.trust_pickle)  # a bad folder fails here, before binding
+    if args.log_inputs:
+        from lmvalue.files import check_output_file
+
+        check_output_file(args.log_inputs, flag="--log-inputs")
+    serve(args.model, host=args.host, port=args.port, settings=settings)
+
+
 def cmd_prompt(args):
     from lmvalue.prompting import PromptSpec, evaluate_zero_shot, parse_verbalizer
 
@@ -695,6 +728,41 @@ def _add_prompt_command(sub) -> None:
     p.set_defaults(func=cmd_prompt)
 
 
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a fine-tuned model over HTTP (FastAPI): POST /predict, a web page at /",
+        description="Serve a fine-tuned model folder over HTTP: POST /predict (Hugging Face inference shape), "
+        "GET /health, /info, /metrics (Prometheus), / (a page to try it), /docs. Concurrent requests are "
+        "batched. See docs/serving.md.",
+    )
+    p.add_argument(
+        "--model", "-m", required=True, help="model folder (a fine-tuning run's model/ or merged/)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=32, help="inputs per model call (default 32)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="wait this long to fill a batch (default 5)"
+    )
+    p.add_argument("--max-inputs", type=int, default=256, help="inputs per request; more: 413 (default 256)")
+    p.add_argument(
+        "--max-chars", type=int, default=10_000, help="characters per input; more: 413 (default 10000)"
+    )
+    p.add_argument("--max-queue", type=int, default=4096, help="inputs waiting; more: 429 (default 4096)")
+    p.add_argument(
+        "--log-inputs", default=None, help="append every input and its prediction to this JSON Lines file"
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmvalue import __version__
 
@@ -716,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_command(sub)
     _add_continual_command(sub)
     _add_prompt_command(sub)
+    _add_serve_command(sub)
     return parser
 
 

@@ -1,0 +1,154 @@
+"""`lmvalue serve` on real tiny models: every endpoint, every error code, and batching under concurrency."""
+
+import asyncio
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from lmvalue.config import FinetuneConfig, build_config  # noqa: E402
+from lmvalue.finetuning import finetune  # noqa: E402
+from lmvalue.inference import load_task_model  # noqa: E402
+from lmvalue.serve import ServeSettings, create_app  # noqa: E402
+
+
+def _fit(out, reviews, **over):
+    cfg = {
+        "data.test_size": 100,
+        "data.max_length": 64,
+        "budget.train_size": 300,
+        "train.output_dir": str(out),
+        "train.progress": False,
+        **over,
+    }
+    finetune(build_config(FinetuneConfig, overrides=cfg), train_examples=reviews[:800])
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def tfidf_dir(reviews, tmp_path_factory):
+    return _fit(tmp_path_factory.mktemp("serve") / "tfidf", reviews, **{"method.name": "tfidf"})
+
+
+@pytest.fixture(scope="module")
+def bert_dir(reviews, char_tokenizer_dir, tmp_path_factory):
+    """A tiny BERT classifier trained for 40 steps: a network model behind the batcher."""
+    over = {
+        "model.preset": "tiny",
+        "model.hidden": 64,
+        "model.heads": 2,
+        "model.ffn": 128,
+        "model.max_position_embeddings": 128,
+        "model.from_scratch": True,
+        "model.tokenizer": str(char_tokenizer_dir),
+        "train.lr": 2e-3,
+        "train.max_steps": 40,
+        "train.min_steps": 40,
+    }
+    return _fit(tmp_path_factory.mktemp("serve") / "bert", reviews, **over)
+
+
+def client(model_dir, **settings) -> TestClient:
+    app = create_app(str(model_dir), ServeSettings(**settings), load_in_background=False)
+    return TestClient(app)
+
+
+def test_predict_answers_in_the_hugging_face_shape_and_matches_predict(tfidf_dir, reviews):
+    texts = [r["text"] for r in reviews[900:905]]
+    expected = load_task_model(tfidf_dir).predict([{"text": t} for t in texts])
+    with client(tfidf_dir) as c:
+        assert c.get("/health").json() == {"status": "ready"}
+        info = c.get("/info").json()
+        assert info["labels"] == ["neg", "pos"] and info["method"] == "tfidf" and info["lmvalue_version"]
+        one = c.post("/predict", json={"inputs": texts[0]}).json()
+        assert len(one) == 1 and [a["label"] for a in one[0]] == sorted(
+            expected[0]["probs"], key=lambda k: -expected[0]["probs"][k]
+        )
+        assert one[0][0]["score"] == pytest.approx(max(expected[0]["probs"].values()), abs=1e-6)
+        many = c.post("/predict", json={"inputs": texts, "parameters": {"top_k": 1}}).json()
+        assert [a[0]["label"] for a in many] == [e["label"] for e in expected]
+        assert all(len(a) == 1 for a in many)
+        metrics = c.get("/metrics").text
+        assert 'lmvalue_requests_total{code="200"} 2' in metrics and "lmvalue_batch_size_bucket" in metrics
+        page = c.get("/")
+        assert page.status_code == 200 and "lmvalue serve" in page.text and 'charset="utf-8"' in page.text
+
+
+BAD = [
+    (b"{not json", 422, "invalid_json"),
+    (b"\xff\xfe\x00garbage", 422, None),
+    (json.dumps({"text": "no inputs key"}).encode(), 422, "invalid_request"),
+    (json.dumps({"inputs": 5}).encode(), 422, "invalid_request"),
+    (json.dumps({"inputs": []}).encode(), 422, "invalid_request"),
+    (json.dumps({"inputs": ["ok", 3]}).encode(), 422, "invalid_input"),
+    (json.dumps({"inputs": "   "}).encode(), 422, "empty_input"),
+    (json.dumps({"inputs": "好", "parameters": {"top_k": 0}}).encode(), 422, "invalid_request"),
+    (json.dumps({"inputs": "好" * 2001}).encode(), 413, "input_too_long"),
+    (json.dumps({"inputs": ["好"] * 10_000}).encode(), 413, "too_many_inputs"),
+    (b"[1, 2, 3]", 422, "invalid_request"),
+]
+
+
+def test_bad_requests_get_json_errors_never_a_500_and_the_server_keeps_answering(tfidf_dir):
+    with client(tfidf_dir, max_chars=2000) as c:
+        for body, status, kind in BAD:
+            r = c.post("/predict", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == status, (body[:40], r.status_code, r.text)
+            data = r.json()
+            assert set(data) == {"error", "error_type"} and data["error"], data
+            if kind:
+                assert data["error_type"] == kind, (body[:40], data)
+        assert c.post("/predict", json={"inputs": "质量很好"}).status_code == 200
+        assert 'code="500"' not in c.get("/metrics").text
+
+
+def test_a_full_queue_is_429_and_a_model_that_cannot_load_is_503(tfidf_dir, tmp_path):
+    with client(tfidf_dir, max_queue=2) as c:
+        r = c.post("/predict", json={"inputs": ["好", "差", "一般"]})
+        assert r.status_code == 429 and r.json()["error_type"] == "queue_full"
+        assert c.post("/predict", json={"inputs": ["好", "差"]}).status_code == 200
+    with client(tmp_path / "no-model") as c:
+        health = c.get("/health")
+        assert health.status_code == 503 and "no-model" in health.json()["error"]
+        assert c.post("/predict", json={"inputs": "好"}).status_code == 503
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(bert_dir, reviews):
+    import httpx
+
+    texts = [r["text"][:60] for r in reviews[900:940]]
+    app = create_app(str(bert_dir), ServeSettings(max_batch=16, max_wait_ms=50), load_in_background=False)
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                alone = [(await c.post("/predict", json={"inputs": t})).json()[0] for t in texts[:5]]
+                together = await asyncio.gather(*(c.post("/predict", json={"inputs": t}) for t in texts))
+                metrics = (await c.get("/metrics")).text
+        return alone, [r.json()[0] for r in together], metrics
+
+    alone, together, metrics = asyncio.run(run())
+    expected = load_task_model(bert_dir).predict([{"text": t} for t in texts])
+    for got, exp in zip(together, expected, strict=True):  # each request its own answer
+        assert got[0]["label"] == exp["label"]
+        assert got[0]["score"] == pytest.approx(exp["probs"][exp["label"]], abs=1e-4)
+    for a, b in zip(alone, together[:5], strict=True):
+        assert [x["label"] for x in a] == [x["label"] for x in b]
+    lines = [line for line in metrics.splitlines() if line.startswith("lmvalue_batch_size_count")]
+    batches = int(lines[0].split()[-1])
+    assert batches < 5 + len(texts), metrics  # 40 concurrent requests shared model calls
+
+
+def test_log_inputs_writes_what_the_model_saw(tfidf_dir, tmp_path):
+    log = tmp_path / "seen.jsonl"
+    with client(tfidf_dir, log_inputs=str(log)) as c:
+        c.post("/predict", json={"inputs": ["物流很快", "太差了"]})
+        c.post("/predict", json={"inputs": ""})  # refused: not logged
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == ["物流很快", "太差了"]
+    assert all(r["prediction"][0]["label"] in ("pos", "neg") and r["time"] for r in rows)
