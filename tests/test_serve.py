@@ -152,3 +152,56 @@ def test_log_inputs_writes_what_the_model_saw(tfidf_dir, tmp_path):
     rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in rows] == ["物流很快", "太差了"]
     assert all(r["prediction"][0]["label"] in ("pos", "neg") and r["time"] for r in rows)
+
+
+@pytest.fixture(scope="module")
+def ner_dir(reviews, char_tokenizer_dir, tmp_path_factory):
+    """A tiny character tagger that learns to find two city names (B-LOC I-LOC) inside reviews."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for r in reviews[:600]:
+        text = [c for c in r["text"][:30] if not c.isspace()]
+        city = rng.choice(["北京", "上海"])
+        at = rng.randrange(len(text) + 1)
+        tokens = text[:at] + list(city) + text[at:]
+        tags = ["O"] * at + ["B-LOC", "I-LOC"] + ["O"] * (len(text) - at)
+        rows.append({"tokens": tokens, "tags": tags})
+    data = tmp_path_factory.mktemp("serve") / "ner.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    over = {
+        "data.source": str(data),
+        "task.kind": "tagging",
+        "data.test_size": 100,
+        "data.max_length": 64,
+        "train.output_dir": str(data.parent / "run"),
+        "train.progress": False,
+        "model.preset": "tiny",
+        "model.hidden": 64,
+        "model.heads": 2,
+        "model.ffn": 128,
+        "model.max_position_embeddings": 128,
+        "model.from_scratch": True,
+        "model.tokenizer": str(char_tokenizer_dir),
+        "train.lr": 3e-3,
+        "train.max_steps": 150,
+        "train.min_steps": 150,
+    }
+    m = finetune(build_config(FinetuneConfig, overrides=over))
+    assert m["test"]["entity_f1"] > 0.8, m["test"]
+    return data.parent / "run" / "model"
+
+
+def test_tagging_answers_entity_groups_with_character_offsets(ner_dir):
+    text = "这次去 北京出差，酒店不错"
+    with client(ner_dir) as c:
+        assert c.get("/info").json()["level"] == "token"
+        (groups,) = c.post("/predict", json={"inputs": [text]}).json()
+    assert groups, groups
+    for g in groups:
+        assert set(g) == {"entity_group", "score", "word", "start", "end"} and 0 < g["score"] <= 1
+        assert text[g["start"] : g["end"]] == g["word"]  # offsets index the input as sent (space included)
+    assert {"entity_group": "LOC", "word": "北京", "start": 4, "end": 6} in [
+        {k: g[k] for k in ("entity_group", "word", "start", "end")} for g in groups
+    ]
