@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -205,3 +206,81 @@ def test_tagging_answers_entity_groups_with_character_offsets(ner_dir):
     assert {"entity_group": "LOC", "word": "北京", "start": 4, "end": 6} in [
         {k: g[k] for k in ("entity_group", "word", "start", "end")} for g in groups
     ]
+
+
+def _chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(
+    _chromium() is None and not os.environ.get("LMVALUE_REQUIRE_BROWSER"),
+    reason="Chromium not installed (apt-get install chromium); CI sets LMVALUE_REQUIRE_BROWSER and installs it",
+)
+def test_the_page_predicts_in_a_real_browser(tfidf_dir, tmp_path):
+    """A live server on a free port; headless Chromium opens /?text=..., which predicts on load: the DOM
+    shows the Chinese texts and one probability bar per label, and a screenshot is written."""
+    import socket
+    import subprocess
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(str(tfidf_dir), ServeSettings())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/?" + urllib.parse.urlencode(
+            {"text": "物流很快，质量不错\n太差了，不推荐"}
+        )
+        common = [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+        ]
+        dom = subprocess.run(
+            [*common, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        shot = tmp_path / "page.png"
+        subprocess.run(
+            [
+                *common,
+                f"--user-data-dir={tmp_path / 'p2'}",
+                "--window-size=900,700",
+                f"--screenshot={shot}",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    import re
+
+    body = re.sub(r"<script>.*?</script>", "", dom, flags=re.S)  # what is rendered, not the page's code
+    assert 'data-done="1"' in body, body[-2000:]
+    assert "物流很快，质量不错" in body and "太差了，不推荐" in body
+    assert body.count('class="pred"') == 4 and body.count('class="bar"') == 4  # 2 texts x 2 labels
+    assert shot.is_file() and shot.stat().st_size > 5000

@@ -348,7 +348,10 @@ document.getElementById('go').onclick = async () => {
     }
     out.appendChild(div);
   });
+  out.dataset.done = '1';
 };
+const q = new URLSearchParams(location.search).get('text');  // /?text=...: fill in and predict
+if (q) { document.getElementById('text').value = q; document.getElementById('go').click(); }
 </script></body></html>
 """
 
