@@ -75,6 +75,7 @@ def test_predict_answers_in_the_hugging_face_shape_and_matches_predict(tfidf_dir
         assert all(len(a) == 1 for a in many)
         metrics = c.get("/metrics").text
         assert 'lmvalue_requests_total{code="200"} 2' in metrics and "lmvalue_batch_size_bucket" in metrics
+        assert "/predict" in c.get("/openapi.json").json()["paths"]
         page = c.get("/")
         assert page.status_code == 200 and "lmvalue serve" in page.text and 'charset="utf-8"' in page.text
 
