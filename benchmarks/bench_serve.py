@@ -81,7 +81,7 @@ def build_model(work: Path, steps: int) -> Path:
         "model.preset": "tiny",
         "model.from_scratch": True,
         "model.tokenizer": str(tok),
-        "train.lr": 1e-3,
+        "train.lr": 3e-3,
         "train.max_steps": steps,
         "train.min_steps": steps,
         "train.output_dir": str(work / "ft"),
@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--bad-share", type=float, default=0.05)
-    ap.add_argument("--steps", type=int, default=100, help="fine-tuning steps of the served model")
+    ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of the served model")
     ap.add_argument("--model", help="serve this model folder instead of fine-tuning one")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()

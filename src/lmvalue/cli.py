@@ -445,7 +445,7 @@ def cmd_serve(args):
         from lmvalue.files import check_output_file
 
         check_output_file(args.log_inputs, flag="--log-inputs")
-    serve(args.model, host=args.host, port=args.port, settings=settings)
+    serve(args.model, host=args.host, port=args.port, settings=settings, access_log=args.access_log)
 
 
 def cmd_prompt(args):
@@ -755,6 +755,7 @@ def _add_serve_command(sub) -> None:
     p.add_argument(
         "--log-inputs", default=None, help="append every input and its prediction to this JSON Lines file"
     )
+    p.add_argument("--access-log", action="store_true", help="log one line per request (default off)")
     p.add_argument(
         "--trust-pickle",
         action="store_true",

@@ -64,11 +64,13 @@ class TaskModel:
             out.append(probs)
         return out
 
-    def predict(self, examples: list[dict]) -> list[dict]:
-        """``{"label", "probs"}`` per example, or ``{"tags", "spans"}`` for tagging."""
+    def predict(self, examples: list[dict], outputs: list[np.ndarray] | None = None) -> list[dict]:
+        """``{"label", "probs"}`` per example, or ``{"tags", "spans"}`` for tagging; ``outputs``: the
+        examples' :meth:`outputs` when the caller has them already (one forward pass, not two)."""
         labels = self.spec.labels
         preds = []
-        for ex, probs in zip(examples, self.outputs(examples), strict=True):
+        outputs = self.outputs(examples) if outputs is None else outputs
+        for ex, probs in zip(examples, outputs, strict=True):
             if self.spec.level == "token":
                 tags = [
                     labels[int(np.argmax(p))] if not np.isnan(p[0]) else self.spec.fallback_label

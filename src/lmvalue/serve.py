@@ -131,6 +131,9 @@ class Batcher:
             items = [await self.queue.get()]
             deadline = loop.time() + self.settings.max_wait_ms / 1000
             while len(items) < self.settings.max_batch:
+                if not self.queue.empty():  # what is already waiting, without a timer
+                    items.append(self.queue.get_nowait())
+                    continue
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -159,7 +162,8 @@ class Batcher:
 
     def _predict(self, examples: list[dict]) -> list:
         with self.lock:
-            return list(zip(self.task.predict(examples), self.task.outputs(examples), strict=True))
+            outputs = self.task.outputs(examples)  # one forward pass for the labels and the scores
+            return list(zip(self.task.predict(examples, outputs), outputs, strict=True))
 
 
 def _length(ex: dict) -> int:
@@ -448,9 +452,17 @@ def create_app(model_path: str, settings: ServeSettings | None = None, *, load_i
 
 
 def serve(
-    model_path: str, *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None
+    model_path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    access_log: bool = False,
 ) -> None:
-    """Run the server until interrupted (Ctrl-C finishes the requests in flight)."""
+    """Run the server until interrupted (Ctrl-C finishes the requests in flight). ``access_log``: one log
+    line per request (off: it costs more than a tiny model's forward pass; /metrics counts requests)."""
     import uvicorn
 
-    uvicorn.run(create_app(model_path, settings), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(model_path, settings), host=host, port=port, log_level="info", access_log=access_log
+    )
