@@ -163,6 +163,44 @@ async def load(port: int, texts: list[str], n: int, concurrency: int, bad_share:
     }
 
 
+async def empty_rate(port: int, n: int, concurrency: int) -> float:
+    """Requests/s of GET /health with the same client: the ceiling of the HTTP layer and the client here."""
+    import httpx
+
+    left = [n]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
+
+        async def worker():
+            while left[0] > 0:
+                left[0] -= 1
+                await client.get("/health")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - t0)
+
+
+def model_rates(model: Path, texts: list[str]) -> dict:
+    """Texts/s of the model alone (TaskModel.outputs), one text per call and in batches of 32."""
+    from lmvalue.inference import load_task_model
+
+    task = load_task_model(model)
+    ex = [{"text": t} for t in texts]
+    task.outputs(ex[:64])
+    t0 = time.perf_counter()
+    for i in range(0, len(ex), 32):
+        task.outputs(ex[i : i + 32])
+    batched = len(ex) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for e in ex[:300]:
+        task.outputs([e])
+    return {
+        "model_batched_texts_per_s": batched,
+        "model_single_texts_per_s": 300 / (time.perf_counter() - t0),
+    }
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     import urllib.request
 
@@ -219,6 +257,8 @@ def main() -> None:
         try:
             wait_ready(port, proc)
             r = asyncio.run(load(port, texts, args.requests, args.concurrency, bad_share, seed=0))
+            if name == "lmvalue serve, good traffic only":
+                r["empty_get_per_s"] = asyncio.run(empty_rate(port, 3000, args.concurrency))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -245,8 +285,15 @@ def main() -> None:
             f"| {name} | {r['texts_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['5xx']} | {r['alive']} | "
             f"{r['codes']} |"
         )
+    ceiling = model_rates(model, texts)
     print(
-        f"\nspeed-up with bad traffic {ours['texts_per_s'] / naive['texts_per_s']:.2f}x, on the same good traffic "
+        f"\nceilings on this machine: GET /health {clean['empty_get_per_s']:.0f} req/s with the same client; the model "
+        f"alone {ceiling['model_single_texts_per_s']:.0f} texts/s one at a time, "
+        f"{ceiling['model_batched_texts_per_s']:.0f} in batches of 32"
+    )
+    results["ceilings"] = ceiling | {"empty_get_per_s": clean["empty_get_per_s"]}
+    print(
+        f"speed-up with bad traffic {ours['texts_per_s'] / naive['texts_per_s']:.2f}x, on the same good traffic "
         f"{clean['texts_per_s'] / naive['texts_per_s']:.2f}x (target >= 3x); p99 {ours['p99_ms']:.0f} / "
         f"{clean['p99_ms']:.0f} vs {naive['p99_ms']:.0f} ms; lmvalue answers differing from predict: "
         f"{ours['answers_differing_from_predict'] + clean['answers_differing_from_predict']} of "
