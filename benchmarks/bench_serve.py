@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of the served model")
     ap.add_argument("--model", help="serve this model folder instead of fine-tuning one")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--serve-args", default="", help="extra lmvalue serve options, e.g. '--threads 1'")
     args = ap.parse_args()
 
     from lmvalue.data.sources import load_labeled
@@ -240,7 +241,7 @@ def main() -> None:
     }
 
     (work / "naive.py").write_text(NAIVE, encoding="utf-8")
-    lmvalue_cmd = [sys.executable, "-m", "lmvalue.cli", "serve", "-m", str(model)]
+    lmvalue_cmd = [sys.executable, "-m", "lmvalue.cli", "serve", "-m", str(model), *args.serve_args.split()]
     naive_cmd = [sys.executable, str(work / "naive.py"), str(model)]
     # The naive server is spared the malformed traffic: a 10,000-input batch or a 1 MB text keeps its
     # event loop busy for minutes (measured: 300 requests with 5% malformed took 279 s, 5 answered 500 and

@@ -434,7 +434,10 @@ def cmd_serve(args):
         max_queue=args.max_queue,
         log_inputs=args.log_inputs,
         trust_pickle=args.trust_pickle,
+        threads=args.threads,
     )
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be >= 1")
     for name in ("max_batch", "max_inputs", "max_chars", "max_queue"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
@@ -756,6 +759,9 @@ def _add_serve_command(sub) -> None:
         "--log-inputs", default=None, help="append every input and its prediction to this JSON Lines file"
     )
     p.add_argument("--access-log", action="store_true", help="log one line per request (default off)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads for inference (default: torch's choice)"
+    )
     p.add_argument(
         "--trust-pickle",
         action="store_true",

@@ -38,6 +38,7 @@ class ServeSettings:
     max_chars: int = 10_000  # characters per input (413 above)
     max_queue: int = 4096  # inputs waiting (429 above)
     log_inputs: str | None = None  # JSON Lines of time, input, prediction (opt-in)
+    threads: int | None = None  # torch threads of the inference worker (None: torch's default)
     trust_pickle: bool = False
 
 
@@ -193,6 +194,10 @@ class Server:
         from lmvalue import __version__
         from lmvalue.inference import load_task_model
 
+        if self.settings.threads:
+            import torch
+
+            torch.set_num_threads(self.settings.threads)
         try:
             self.task = load_task_model(self.model_path, trust_pickle=self.settings.trust_pickle)
         except Exception as e:  # shown by /health and /info; the server keeps answering
