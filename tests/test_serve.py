@@ -173,8 +173,7 @@ def ner_dir(reviews, char_tokenizer_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("serve") / "ner.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     over = {
-        "data.source": str(data),
-        "task.kind": "tagging",
+        "data.source": str(data),  # tokens/tags JSON Lines: tagging without task.kind
         "data.test_size": 100,
         "data.max_length": 64,
         "train.output_dir": str(data.parent / "run"),
@@ -191,7 +190,7 @@ def ner_dir(reviews, char_tokenizer_dir, tmp_path_factory):
         "train.min_steps": 150,
     }
     m = finetune(build_config(FinetuneConfig, overrides=over))
-    assert m["test"]["entity_f1"] > 0.8, m["test"]
+    assert m["task"] == "tagging" and m["test"]["entity_f1"] > 0.8, m["test"]
     return data.parent / "run" / "model"
 
 

@@ -356,7 +356,8 @@ class LabeledDataConfig:
 class TaskConfig:
     kind: str = _f(
         "auto",
-        "classification | pair | tagging; auto: tagging for CoNLL files and demo:zh-news:*, "
+        "classification | pair | tagging; auto: tagging for CoNLL files, demo:zh-news:* and JSON Lines of "
+        "tokens/tags, "
         "pair when data.text_pair_column is set, else classification",
     )
     metric: str = _f(

@@ -92,14 +92,40 @@ def is_entity_scheme(labels) -> bool:
 
 
 def infer_kind(kind: str, source, text_pair_column: str | None) -> str:
-    """``auto`` -> tagging for CoNLL files and ``demo:zh-news:*``, pair with a second text column,
-    else classification."""
+    """``auto`` -> tagging for CoNLL files, ``demo:zh-news:*`` and JSON Lines of ``{"tokens": [...],
+    "tags": [...]}``, pair with a second text column, else classification."""
     if kind != "auto":
         return kind
     text = str(source[0] if isinstance(source, list | tuple) else source)
     if text.startswith("demo:zh-news") or text.lower().endswith(_CONLL_SUFFIXES):
         return "tagging"
+    if text.lower().endswith((".jsonl", ".ndjson")) and _token_records(text):
+        return "tagging"
     return "pair" if text_pair_column else "classification"
+
+
+def _token_records(path: str) -> bool:
+    """Whether a JSON Lines file's first record is a tagged sentence (``tokens`` and ``tags`` lists)."""
+    import json
+    import os
+
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return False
+            return (
+                isinstance(rec, dict)
+                and isinstance(rec.get("tokens"), list)
+                and isinstance(rec.get("tags"), list)
+            )
+    return False
 
 
 def example_labels(example: dict) -> list[str]:
