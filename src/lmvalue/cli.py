@@ -501,6 +501,15 @@ def add_encoding_options(p: argparse.ArgumentParser, *, default: str | None = "u
     )
 
 
+def add_trust_pickle_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code it "
+        "contains, so only for folders you trust",
+    )
+
+
 def _add_pretrain_command(sub) -> None:
     from lmvalue.config import PretrainConfig
 
@@ -637,12 +646,7 @@ def _add_evaluate_command(sub) -> None:
         help="labels the model does not know: stop (default) or score them as errors",
     )
     p.add_argument("--output", "-o", default=None, help="folder for metrics.json, report and confusion PNG")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code it "
-        "contains, so only for folders you trust",
-    )
+    add_trust_pickle_option(p)
     add_encoding_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -670,12 +674,7 @@ def _add_predict_command(sub) -> None:
         "--text-column", default="text", help="text column/field of .csv/.jsonl inputs (default text)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="inputs per batch (default 64)")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code it "
-        "contains, so only for folders you trust",
-    )
+    add_trust_pickle_option(p)
     add_encoding_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -762,11 +761,7 @@ def _add_serve_command(sub) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads for inference (default: torch's choice)"
     )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="also load a pickled scikit-learn model (tfidf.joblib, lmvalue <= 0.3): it can run any code",
-    )
+    add_trust_pickle_option(p)
     p.set_defaults(func=cmd_serve)
 
 
