@@ -437,3 +437,33 @@ def test_arm_options_reach_that_arms_pretraining_only(labeled_csv, tmp_path):
         other: str(arms / folders[1] / "model"),
         third: str(arms / "pretrained_mlm_tokenizer.min_frequency_1" / "model"),
     }
+
+
+def test_an_arm_given_a_path_is_shown_by_its_folder_name(labeled_csv, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from lmvalue.value.study import display_names
+
+    assert display_names(["checkpoint:/data/runs/minilm/model", "checkpoint:hfl/rbt3/lora", "tfidf"]) == {
+        "checkpoint:/data/runs/minilm/model": "checkpoint:minilm",  # a generic "model" folder: its parent
+        "checkpoint:hfl/rbt3/lora": "checkpoint:hfl/rbt3/lora",  # a hub name stays
+        "tfidf": "tfidf",
+    }
+    same = display_names(["checkpoint:/a/x", "checkpoint:/b/x", "continued:/b/x"])
+    assert same == {
+        "checkpoint:/a/x": "checkpoint:/a/x",
+        "checkpoint:/b/x": "checkpoint:/b/x",
+        "continued:/b/x": "continued:x",
+    }
+
+    folder = tmp_path / "public" / "tiny-bert"
+    cfg = BertConfig(
+        vocab_size=120, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(cfg).save_pretrained(folder)
+    kw = {**study_kwargs(labeled_csv, tmp_path / "s"), "arms": [f"checkpoint:{folder}", "tfidf"], "seeds": 1}
+    summary = run_study(StudyConfig(**kw), cell_runner=lambda arm, *a: {"metrics": {"accuracy": 0.6}})
+    assert "checkpoint:tiny-bert" in summary["curves"]
+    for report in (summary["report_md"], summary["report_html"]):
+        text = Path(report).read_text(encoding="utf-8")
+        assert "checkpoint:tiny-bert" in text and str(folder) not in text

@@ -457,6 +457,32 @@ def read_study_json(study_dir: Path) -> dict:
         ) from None
 
 
+GENERIC_FOLDERS = {"model", "checkpoint", "checkpoints", "final", "merged", "base", "encoder", "output"}
+
+
+def display_names(arms: list[str]) -> dict[str, str]:
+    """Report names: a ``checkpoint:`` / ``continued:`` arm given a filesystem path shows as its folder's
+    name (its parent's when the folder is a generic ``model``/``final``...), not the whole path; hub names
+    stay. Two arms that would look alike keep their full names."""
+    short = {}
+    for spec in arms:
+        try:
+            arm = parse_arm(spec)
+        except ConfigError:
+            short[spec] = spec
+            continue
+        arm = arm.teacher or arm if spec.startswith("distill:") else arm
+        ref = arm.arg if arm.kind in ("checkpoint", "continued") else None
+        if ref and (ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists()):
+            path = Path(ref.rstrip("/"))
+            name = path.name if path.name not in GENERIC_FOLDERS or not path.parent.name else path.parent.name
+            short[spec] = spec.replace(ref, name, 1)
+        else:
+            short[spec] = spec
+    seen = Counter(short.values())
+    return {spec: (name if seen[name] == 1 else spec) for spec, name in short.items()}
+
+
 def write_study_report(study_dir: str | Path) -> dict:
     """(Re)write report.html / report.md from the registry; usable while a study runs."""
     study_dir = Path(study_dir)
@@ -467,7 +493,11 @@ def write_study_report(study_dir: str | Path) -> dict:
     registry = Registry(study_dir / "results.sqlite")
     try:
         meta = read_study_json(study_dir)
-        summary = summarize(registry.cells(), registry.arms(), metric=meta["config"]["metric"])
+        cells, arms = registry.cells(), registry.arms()
+        names = display_names(list(arms) + [c["arm"] for c in cells])
+        cells = [{**c, "arm": names[c["arm"]]} for c in cells]
+        arms = {names[a]: info for a, info in arms.items()}
+        summary = summarize(cells, arms, metric=meta["config"]["metric"])
     finally:
         registry.close()
     focus = 100 if 100 in meta["budgets"] else meta["budgets"][len(meta["budgets"]) // 2]
