@@ -324,3 +324,35 @@ def test_resume_says_which_step_and_checkpoint_it_resumed_from(
         assert cli(capsys, *as_args(over), "--resume")[0] == 0
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
     assert said == [f"resumed from step 5 of 8 (checkpoint {checkpoint})"], said
+
+
+def test_a_checkpoint_without_an_lm_head_gets_a_fresh_tied_one(zh_tokenizer_dir, tmp_path, caplog):
+    """A sentence-transformers style folder (BertModel, no MLM head) continues pretraining: its encoder
+    starts as saved, a seeded head is created and tied to the embeddings, and the run says so."""
+    import logging
+
+    from transformers import BertConfig, BertModel
+
+    from lmvalue.config import ModelConfig
+    from lmvalue.models import build_lm
+    from lmvalue.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(zh_tokenizer_dir)
+    folder = tmp_path / "encoder-only"
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    encoder = BertModel(cfg, add_pooling_layer=False)
+    encoder.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    with caplog.at_level(logging.INFO, logger="lmvalue"):
+        a = build_lm(ModelConfig(init_from=str(folder)), tok, seed=0)
+    assert "has no language-model head" in caplog.text
+    b = build_lm(ModelConfig(init_from=str(folder)), tok, seed=0)
+    saved, mine = encoder.state_dict(), a.bert.state_dict()
+    assert set(saved) <= set(mine)  # every saved encoder weight is in the language model ...
+    for name, value in saved.items():
+        assert torch.equal(mine[name], value), name  # ... as it was saved
+    assert a.cls.predictions.decoder.weight.data_ptr() == a.bert.embeddings.word_embeddings.weight.data_ptr()
+    for (name, x), (_, y) in zip(a.cls.named_parameters(), b.cls.named_parameters(), strict=True):
+        assert torch.equal(x, y), name  # the same seed, the same fresh head

@@ -108,10 +108,21 @@ def build_lm(cfg: ModelConfig, tokenizer, *, seed: int = 0) -> PreTrainedModel:
         auto = AutoModelForCausalLM if is_decoder(config) else AutoModelForMaskedLM
         # A sentence-transformers checkpoint has no LM head: transformers initialises it and
         # warns at length; one line of our own is enough.
+        torch.manual_seed(seed)  # a head the checkpoint lacks is initialised reproducibly
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-            model = from_pretrained(auto, cfg.init_from)
+            model, loading = from_pretrained(auto, cfg.init_from, output_loading_info=True)
+        new = sorted(
+            {k.split(".")[0] for k in loading["missing_keys"] if k.split(".")[0] in ("cls", "lm_head")}
+        )
+        if new:
+            logging.getLogger("lmvalue").info(
+                "%s has no language-model head (e.g. a sentence-transformers folder): a fresh one is "
+                "initialised (seed %d), its output layer tied to the word embeddings",
+                cfg.init_from,
+                seed,
+            )
         return model
     torch.manual_seed(seed)
     config = preset_config(cfg, tokenizer)
