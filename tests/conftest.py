@@ -106,3 +106,20 @@ def reviews():
     examples, _ = dedupe(load_labeled("demo:zh-reviews"))
     random.Random(0).shuffle(examples)
     return examples
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Headless Chromium for the browser tests: skipped where it is absent, except in CI
+    (LMVALUE_REQUIRE_BROWSER, set by .ci/run, which installs it), where its absence fails."""
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path is None:
+        if os.environ.get("LMVALUE_REQUIRE_BROWSER"):
+            pytest.fail(
+                "LMVALUE_REQUIRE_BROWSER is set but Chromium is not installed (apt-get install chromium)"
+            )
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    return path

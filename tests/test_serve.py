@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 
 import pytest
 
@@ -208,17 +207,7 @@ def test_tagging_answers_entity_groups_with_character_offsets(ner_dir):
     ]
 
 
-def _chromium():
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(
-    _chromium() is None and not os.environ.get("LMVALUE_REQUIRE_BROWSER"),
-    reason="Chromium not installed (apt-get install chromium); CI sets LMVALUE_REQUIRE_BROWSER and installs it",
-)
-def test_the_page_predicts_in_a_real_browser(tfidf_dir, tmp_path):
+def test_the_page_predicts_in_a_real_browser(tfidf_dir, tmp_path, chromium):
     """A live server on a free port; headless Chromium opens /?text=..., which predicts on load: the DOM
     shows the Chinese texts and one probability bar per label, and a screenshot is written."""
     import socket
@@ -248,7 +237,7 @@ def test_the_page_predicts_in_a_real_browser(tfidf_dir, tmp_path):
             {"text": "物流很快，质量不错\n太差了，不推荐"}
         )
         common = [
-            _chromium(),
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

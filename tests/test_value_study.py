@@ -130,17 +130,7 @@ def test_budgets_larger_than_the_pool_are_capped(labeled_csv, tmp_path, caplog):
     assert sorted(summary["curves"]["tfidf"]) == [8, 200]
 
 
-def _chromium():
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(
-    _chromium() is None and not os.environ.get("LMVALUE_REQUIRE_BROWSER"),
-    reason="Chromium not installed (apt-get install chromium); CI sets LMVALUE_REQUIRE_BROWSER and installs it",
-)
-def test_report_renders_in_a_real_browser(labeled_csv, tmp_path):
+def test_report_renders_in_a_real_browser(labeled_csv, tmp_path, chromium):
     """The page renders offline in headless Chromium: the embedded plot is drawn (not a broken image)."""
     import numpy as np
     from PIL import Image
@@ -152,7 +142,7 @@ def test_report_renders_in_a_real_browser(labeled_csv, tmp_path):
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
         [
-            _chromium(),
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -176,7 +166,7 @@ def test_report_renders_in_a_real_browser(labeled_csv, tmp_path):
     assert colourful.sum() > 2000
     dom = subprocess.run(
         [
-            _chromium(),
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -443,12 +443,14 @@ def cmd_serve(args):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     if settings.max_wait_ms < 0:
         raise ConfigError("--max-wait-ms must be >= 0")
-    load_task_model(args.model, trust_pickle=args.trust_pickle)  # a bad folder fails here, before binding
+    task = load_task_model(args.model, trust_pickle=args.trust_pickle)  # a bad folder fails before binding
     if args.log_inputs:
         from lmvalue.files import check_output_file
 
         check_output_file(args.log_inputs, flag="--log-inputs")
-    serve(args.model, host=args.host, port=args.port, settings=settings, access_log=args.access_log)
+    serve(
+        args.model, host=args.host, port=args.port, settings=settings, access_log=args.access_log, task=task
+    )
 
 
 def cmd_prompt(args):

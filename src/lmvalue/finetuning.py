@@ -268,7 +268,7 @@ def build_task_model(
         model, loading = from_pretrained(
             auto, ref, ignore_mismatched_sizes=not reuse_head, output_loading_info=True, **labels
         )
-        fresh = {part for key in loading["missing_keys"] for part in key.split(".") if part == "pooler"}
+        names = loading["missing_keys"]
     else:
         if mcfg.init_from:
             config = AutoConfig.from_pretrained(resolve_checkpoint(mcfg.init_from))
@@ -280,10 +280,12 @@ def build_task_model(
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
         model = auto.from_config(config)
-        fresh = {part for name, _ in model.named_parameters() for part in name.split(".") if part == "pooler"}
+        names = [name for name, _ in model.named_parameters()]
     # A pooler the checkpoint did not provide starts random: methods that freeze the encoder train it
     # with the head (lmvalue.methods.state.head_names), and a reloaded model knows it from its config.
-    setattr(model.config, HEAD_MODULES_KEY, sorted(fresh))
+    setattr(
+        model.config, HEAD_MODULES_KEY, ["pooler"] if any("pooler" in n.split(".") for n in names) else []
+    )
     if not reuse_head:
         _zero_head(model)
     if getattr(model.config, "pad_token_id", None) is None:

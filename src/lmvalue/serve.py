@@ -180,9 +180,9 @@ def _tokens_with_offsets(text: str, char_tokens: bool) -> tuple[list[str], list[
 class Server:
     """The model, its settings and the request handling, independent of the HTTP framework."""
 
-    def __init__(self, model_path: str, settings: ServeSettings):
+    def __init__(self, model_path: str, settings: ServeSettings, task=None):
         self.model_path, self.settings = model_path, settings
-        self.task = None
+        self.task = task  # already loaded (lmvalue serve checks the folder before binding), or None
         self.error: str | None = None
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
@@ -199,7 +199,8 @@ class Server:
 
             torch.set_num_threads(self.settings.threads)
         try:
-            self.task = load_task_model(self.model_path, trust_pickle=self.settings.trust_pickle)
+            if self.task is None:
+                self.task = load_task_model(self.model_path, trust_pickle=self.settings.trust_pickle)
         except Exception as e:  # shown by /health and /info; the server keeps answering
             self.error = str(e)
             log.error("cannot load %s: %s", self.model_path, e)
@@ -227,8 +228,9 @@ class Server:
     def ready(self) -> bool:
         return self.task is not None and self.batcher is not None
 
-    def parse(self, body: bytes) -> tuple[list[dict], list[str], int | None]:
-        """Examples, the raw input texts and top_k of a request body; RequestError when it is bad."""
+    def parse(self, body: bytes) -> tuple[list[dict], list[str], list, int | None]:
+        """Examples, the raw input texts, the tokens' character offsets (tagging; else None) and top_k of
+        a request body; RequestError when it is bad."""
         s = self.settings
         try:
             data = json.loads(body)
@@ -257,7 +259,7 @@ class Server:
                 413, f"{len(items)} inputs in one request; at most {s.max_inputs}", "too_many_inputs"
             )
         pair = self.task.spec.kind == "pair"
-        examples, texts = [], []
+        examples, texts, offsets = [], [], []
         for i, item in enumerate(items):
             where = "inputs" if single else f"inputs[{i}]"
             if pair:
@@ -282,26 +284,29 @@ class Server:
                     f"{where}: {len(text) + len(text_pair or ''):,} characters; at most {s.max_chars:,}",
                     "input_too_long",
                 )
+            where_tokens = None
             if self.task.spec.level == "token":
-                tokens, _ = _tokens_with_offsets(text, self.task.spec.char_tokens)
+                tokens, where_tokens = _tokens_with_offsets(text, self.task.spec.char_tokens)
                 examples.append({"tokens": tokens})
             elif pair:
                 examples.append({"text": text, "text_pair": text_pair})
             else:
                 examples.append({"text": text})
             texts.append(text)
-        return examples, texts, top_k
+            offsets.append(where_tokens)
+        return examples, texts, offsets, top_k
 
-    def answer(self, text: str, pred: dict, probs: np.ndarray, top_k: int | None) -> list[dict]:
+    def answer(
+        self, text: str, example: dict, offsets: list | None, pred: dict, probs: np.ndarray, top_k: int | None
+    ) -> list[dict]:
         spec = self.task.spec
         if spec.level != "token":
             ranked = sorted(pred["probs"].items(), key=lambda kv: -kv[1])
             return [{"label": k, "score": round(float(v), 6)} for k, v in ranked[: top_k or len(ranked)]]
         from lmvalue.tasks.metrics import spans
 
-        tokens, offsets = _tokens_with_offsets(text, spec.char_tokens)
         out = []
-        for span in spans(tokens, pred["tags"], joiner="" if spec.char_tokens else " "):
+        for span in spans(example["tokens"], pred["tags"], joiner="" if spec.char_tokens else " "):
             start, end = offsets[span["start"]][0], offsets[span["end"] - 1][1]
             rows = probs[span["start"] : span["end"]]
             score = float(np.nanmean(np.nanmax(rows, axis=1))) if len(rows) else 0.0
@@ -365,14 +370,17 @@ if (q) { document.getElementById('text').value = q; document.getElementById('go'
 """
 
 
-def create_app(model_path: str, settings: ServeSettings | None = None, *, load_in_background: bool = True):
-    """The ASGI app serving ``model_path`` (mountable in another FastAPI app)."""
+def create_app(
+    model_path: str, settings: ServeSettings | None = None, *, load_in_background: bool = True, task=None
+):
+    """The ASGI app serving ``model_path`` (mountable in another FastAPI app); ``task``: the model already
+    loaded from it (:func:`lmvalue.inference.load_task_model`), so that it is not loaded twice."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
-    server = Server(model_path, settings or ServeSettings())
+    server = Server(model_path, settings or ServeSettings(), task)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -412,10 +420,11 @@ def create_app(model_path: str, settings: ServeSettings | None = None, *, load_i
                     503, server.error or "the model is still loading; retry shortly", "not_ready"
                 )
             body = await request.body()
-            examples, texts, top_k = server.parse(body)
+            examples, texts, offsets, top_k = server.parse(body)
             outputs = await server.batcher.submit(examples)
             answers = [
-                server.answer(t, pred, probs, top_k) for t, (pred, probs) in zip(texts, outputs, strict=True)
+                server.answer(text, ex, where, pred, probs, top_k)
+                for text, ex, where, (pred, probs) in zip(texts, examples, offsets, outputs, strict=True)
             ]
             server.record(texts, answers)
             response = JSONResponse(answers)
@@ -463,11 +472,16 @@ def serve(
     port: int = 8000,
     settings: ServeSettings | None = None,
     access_log: bool = False,
+    task=None,
 ) -> None:
     """Run the server until interrupted (Ctrl-C finishes the requests in flight). ``access_log``: one log
     line per request (off: it costs more than a tiny model's forward pass; /metrics counts requests)."""
     import uvicorn
 
     uvicorn.run(
-        create_app(model_path, settings), host=host, port=port, log_level="info", access_log=access_log
+        create_app(model_path, settings, task=task),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
     )
