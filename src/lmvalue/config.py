@@ -473,6 +473,11 @@ class VectorOptions:
 @dataclass
 class ProbeOptions:
     layers: str = _f("all", "probe: hidden states averaged: all (embedding output and every layer) | last")
+    chunks: bool = _f(
+        False,
+        "probe: read a text longer than data.max_length as consecutive windows and average over all of "
+        "them (long documents; costs one encoder pass per window), instead of the first window only",
+    )
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -26,8 +25,8 @@ from transformers import (
 )
 
 from lmvalue.config import ModelConfig
-from lmvalue.errors import CheckpointError, LmvalueError
-from lmvalue.weights import from_pretrained, load_config
+from lmvalue.errors import LmvalueError
+from lmvalue.weights import from_pretrained, load_config, resolve_checkpoint
 
 DECODER_ARCHS = ("gpt2", "llama")
 
@@ -87,13 +86,9 @@ def preset_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
 
 
 def _checkpoint_config(path: str) -> PretrainedConfig:
-    local = Path(path)
-    if local.exists() and not (local / "config.json").is_file():
-        raise CheckpointError(
-            f"{path} is not a Hugging Face checkpoint folder (no config.json); "
-            "pass a folder written by save_pretrained / lmvalue, or a hub name"
-        )
-    return load_config(path)
+    """The config of a model folder, an lmvalue run, a ``pkg:`` package or a hub name (one clear
+    CheckpointError when it is none of them)."""
+    return load_config(resolve_checkpoint(path))
 
 
 def build_lm(cfg: ModelConfig, tokenizer, *, seed: int = 0) -> PreTrainedModel:

@@ -756,6 +756,10 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
     """
     from transformers import AutoTokenizer
 
+    from lmvalue.weights import PACKAGE_PREFIX, package_model_folder
+
+    if str(path_or_name).startswith(PACKAGE_PREFIX):
+        path_or_name = package_model_folder(str(path_or_name))
     path = Path(path_or_name).expanduser()
     if path.exists() or _looks_like_local_path(path_or_name):
         if not path.exists():

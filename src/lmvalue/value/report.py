@@ -114,7 +114,79 @@ def paired_difference(arm: dict[int, float], base: dict[int, float]) -> tuple[fl
     return bootstrap_ci([arm[s] - base[s] for s in seeds])
 
 
-def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str = "accuracy") -> dict:
+def _comparison(arm: str, base: str, curves: dict, usable: dict, one_class: dict) -> dict:
+    """``arm`` against ``base`` at each of the arm's budgets: the label-efficiency factor with its
+    interval, the paired difference, and the labels saved over the whole curve."""
+    entry = {"arm": arm, "baseline": base, "budgets": []}
+    arm_curve, base_curve = _plain(usable[arm]), _plain(usable[base])
+    for budget in sorted(curves[arm]):
+        left_out = {a: one_class.get((a, budget), 0) for a in (arm, base)}
+        if not arm_curve.get(budget):
+            why = f"every {arm} model at {budget} labels predicted one class"
+            entry["budgets"].append(
+                {
+                    "budget": budget,
+                    "factor": float("nan"),
+                    "reached": False,
+                    "upper_bound": False,
+                    "baseline_budget": None,
+                    "no_claim": why,
+                    "text": f"no claim ({why})",
+                    "ci": None,
+                    "ci_text": "–",
+                    "diff": None,
+                    "one_class_left_out": left_out,
+                }
+            )
+            continue
+        eff = label_efficiency_factor(arm_curve, base_curve, budget)
+        ci = factor_interval(arm_curve, base_curve, budget)
+        diff = paired_difference(usable[arm][budget], usable[base].get(budget, {}))
+        base_scores = list(usable[base].get(budget, {}).values())
+        no_diff = (
+            f"every {base} model at {budget} labels predicted one class"
+            if budget in curves[base] and not usable[base][budget]
+            else None
+        )
+        entry["budgets"].append(
+            {
+                "budget": budget,
+                "factor": eff.factor,
+                "reached": eff.reached,
+                "upper_bound": eff.at_least_min,
+                "baseline_budget": eff.baseline_budget,
+                "matched_at": eff.matched_at,
+                "below_until": eff.below_until,
+                "baseline_left_out": list(eff.left_out),
+                "no_claim": None,
+                "no_diff": no_diff,
+                "text": eff.describe(),
+                "ci": dataclasses.asdict(ci) if ci else None,  # lo, hi, lo_kind, hi_kind
+                "ci_text": ci.describe() if ci else "–",
+                "diff": diff,
+                # observed means over every usable seed (the paired difference uses shared seeds)
+                "arm_mean": eff.arm_score,
+                "baseline_mean": float(np.mean(base_scores)) if base_scores else None,
+                "one_class_left_out": left_out,
+            }
+        )
+    if any(arm_curve.values()) and any(base_curve.values()):
+        est, lo, hi = labels_saved_area(
+            {b: v for b, v in arm_curve.items() if v}, {b: v for b, v in base_curve.items() if v}
+        )
+    else:
+        est = lo = hi = float("nan")
+    entry["area"] = {"labels": est, "lo": lo, "hi": hi}
+    return entry
+
+
+def summarize(
+    cells: list[dict],
+    arms_info: dict | None = None,
+    *,
+    metric: str = "accuracy",
+    pairs: list[dict] | None = None,
+) -> dict:
     """Everything the report shows, computed from the registry rows.
 
     The scores table shows every finished cell; the comparisons (factors, paired differences, labels
@@ -150,71 +222,14 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
                 continue
             if arm in BASELINES and BASELINES.index(arm) > BASELINES.index(base):
                 continue  # scratch vs tfidf is shown once
-            entry = {"arm": arm, "baseline": base, "budgets": []}
-            arm_curve, base_curve = _plain(usable[arm]), _plain(usable[base])
-            for budget in sorted(curves[arm]):
-                left_out = {a: one_class.get((a, budget), 0) for a in (arm, base)}
-                if not arm_curve.get(budget):
-                    why = f"every {arm} model at {budget} labels predicted one class"
-                    entry["budgets"].append(
-                        {
-                            "budget": budget,
-                            "factor": float("nan"),
-                            "reached": False,
-                            "upper_bound": False,
-                            "baseline_budget": None,
-                            "no_claim": why,
-                            "text": f"no claim ({why})",
-                            "ci": None,
-                            "ci_text": "–",
-                            "diff": None,
-                            "one_class_left_out": left_out,
-                        }
-                    )
-                    continue
-                eff = label_efficiency_factor(arm_curve, base_curve, budget)
-                ci = factor_interval(arm_curve, base_curve, budget)
-                diff = paired_difference(usable[arm][budget], usable[base].get(budget, {}))
-                base_scores = list(usable[base].get(budget, {}).values())
-                no_diff = (
-                    f"every {base} model at {budget} labels predicted one class"
-                    if budget in curves[base] and not usable[base][budget]
-                    else None
-                )
-                entry["budgets"].append(
-                    {
-                        "budget": budget,
-                        "factor": eff.factor,
-                        "reached": eff.reached,
-                        "upper_bound": eff.at_least_min,
-                        "baseline_budget": eff.baseline_budget,
-                        "matched_at": eff.matched_at,
-                        "below_until": eff.below_until,
-                        "baseline_left_out": list(eff.left_out),
-                        "no_claim": None,
-                        "no_diff": no_diff,
-                        "text": eff.describe(),
-                        "ci": dataclasses.asdict(ci) if ci else None,  # lo, hi, lo_kind, hi_kind
-                        "ci_text": ci.describe() if ci else "–",
-                        "diff": diff,
-                        # observed means over every usable seed (the paired difference uses shared seeds)
-                        "arm_mean": eff.arm_score,
-                        "baseline_mean": float(np.mean(base_scores)) if base_scores else None,
-                        "one_class_left_out": left_out,
-                    }
-                )
-            if any(arm_curve.values()) and any(base_curve.values()):
-                est, lo, hi = labels_saved_area(
-                    {b: v for b, v in arm_curve.items() if v}, {b: v for b, v in base_curve.items() if v}
-                )
-            else:
-                est = lo = hi = float("nan")
-            entry["area"] = {"labels": est, "lo": lo, "hi": hi}
-            comparisons.append(entry)
+            comparisons.append(_comparison(arm, base, curves, usable, one_class))
+    for pair in pairs or []:  # continued:X against checkpoint:X: the value of the user's text on top
+        if pair["arm"] in curves and pair["baseline"] in curves:
+            comparisons.append(_comparison(pair["arm"], pair["baseline"], curves, usable, one_class))
     compute: dict = defaultdict(
         lambda: {"cells": 0, "wall_s": 0.0, "cpu_s": 0.0, "train_flops": 0.0, "trainable": None}
     )
-    failures = []
+    failures, kept_pairs = [], []
     for c in cells:
         comp = compute[c["arm"]]
         comp["cells"] += 1
@@ -234,8 +249,13 @@ def summarize(cells: list[dict], arms_info: dict | None = None, *, metric: str =
         comp["pretrain_steps"] = pre.get("pretrain_steps")
         if info["status"] != "done":
             failures.append({"what": f"{arm}: preparing the arm", "error": info["error"]})
+    for pair in pairs or []:
+        pair = dict(pair)
+        pair["pretrain_s"] = compute[pair["arm"]].get("pretrain_s") if pair["arm"] in compute else None
+        kept_pairs.append(pair)
     return {
         "metric": metric,
+        "pairs": kept_pairs,
         "one_class_cells": sorted(
             ({"arm": a, "budget": b, "seeds": n} for (a, b), n in one_class.items()),
             key=lambda d: (d["arm"], d["budget"]),
@@ -255,6 +275,7 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
     headline = what_paid(summary)
     if headline:
         sentences.append(headline)
+    sentences += value_sources(summary, focus_budget)
     for comp in summary["comparisons"]:
         if comp["baseline"] != "scratch" or not uses_unlabeled(comp["arm"]):
             continue
@@ -351,6 +372,69 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
     if summary.get("failures"):
         sentences.append(f"{len(summary['failures'])} run(s) failed and are left out: see Failures.")
     return " ".join(sentences)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} minutes" if seconds >= 60 else f"{seconds:.0f} seconds"
+
+
+def _row_at(summary: dict, arm: str, baseline: str, budget: int) -> dict | None:
+    for comp in summary["comparisons"]:
+        if comp["arm"] == arm and comp["baseline"] == baseline:
+            return next((r for r in comp["budgets"] if r["budget"] == budget), None)
+    return None
+
+
+def _gain_text(r: dict) -> str:
+    if r.get("no_claim"):
+        return f"no claim ({r['no_claim']})"
+    d = r["diff"]
+    diff = (
+        f"{d[0] * 100:+.1f} points (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f})"
+        if d
+        else "no paired difference"
+    )
+    ci = f" (95% CI {r['ci_text']})" if r.get("ci_text") not in (None, "–") else ""
+    return f"worth {r['text']}{ci} the labels, {diff}"
+
+
+def value_sources(summary: dict, focus_budget: int = 100) -> list[str]:
+    """The two sources of value of a public checkpoint, apart ("Don't Stop Pretraining", Gururangan et al.
+    2020): what someone else's pretraining is worth (``checkpoint:X`` vs scratch), and what the user's text
+    adds on top of it (``continued:X`` vs ``checkpoint:X``), each with its factor and interval, and the
+    minutes the continued pretraining cost; then the answer to "was continuing worth it?"."""
+    out, public_done = [], set()
+    for pair in summary.get("pairs", []):
+        arm, ckpt = pair["arm"], pair["baseline"]
+        public = _row_at(summary, ckpt, "scratch", focus_budget)
+        if public and ckpt not in public_done:
+            public_done.add(ckpt)
+            out.append(
+                f"Value of the public pretraining ({ckpt} vs scratch) at {focus_budget} labels: {_gain_text(public)}."
+            )
+        r = _row_at(summary, arm, ckpt, focus_budget)
+        if not r:
+            continue
+        corpus = f"{pair['corpus']}, another corpus than the study's," if pair.get("corpus") else "your text"
+        minutes = _duration(pair["pretrain_s"]) if pair.get("pretrain_s") else "its pretraining"
+        out.append(
+            f"Value of continuing on {corpus} ({arm} vs {ckpt}) at {focus_budget} labels: {_gain_text(r)}, "
+            f"for {minutes} of continued pretraining."
+        )
+        corpus = corpus.rstrip(",")
+        d = r["diff"]
+        if r.get("no_claim") or not d:
+            continue  # nothing to answer from
+        if d[1] > 0 and r["arm_mean"] > r["baseline_mean"] + TIE:
+            answer = f"paid: it was worth its {minutes}"
+        elif d[2] < 0:
+            answer = "hurt: the checkpoint as it is was better"
+        else:
+            answer = (
+                f"did not pay beyond the noise: the checkpoint as it is does as well, without the {minutes}"
+            )
+        out.append(f"Continuing {ckpt}'s pretraining on {corpus} {answer}.")
+    return out
 
 
 def _distorted_features(summary: dict) -> list[str]:
@@ -476,6 +560,9 @@ def markdown_report(summary: dict, meta: dict, verdict_text: str) -> str:
             "One-class models predicted the same label for every test example: their score is that "
             "label's share of the test set, not something they learned.",
         ]
+    sources = value_sources(summary, meta.get("focus_budget", 100))
+    if sources:
+        lines += ["## Two sources of value", ""] + [f"- {t}" for t in sources] + [""]
     lines += [
         "",
         "## Label efficiency",

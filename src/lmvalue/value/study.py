@@ -112,8 +112,14 @@ def sets_tokenizer(options: dict) -> bool:
     return any(key.startswith("tokenizer.") for key in options)
 
 
-def parse_arm_options(spec: str, text: str) -> dict:
-    """``key=value,key=value`` after an arm's "@" (dotted `lmvalue pretrain` keys) as a dict."""
+# A continued: arm may continue on another corpus than the study's (the out-of-domain control of
+# "Don't Stop Pretraining"): continued:NAME@data.source=OTHER.txt
+CONTINUED_OWN_KEYS = ("data.source",)
+
+
+def parse_arm_options(spec: str, text: str, *, allowed: tuple[str, ...] = ()) -> dict:
+    """``key=value,key=value`` after an arm's "@" (dotted `lmvalue pretrain` keys) as a dict; ``allowed``
+    are study-wide keys this arm may set all the same."""
     options = {}
     for item in text.split(","):
         key, eq, value = item.partition("=")
@@ -123,7 +129,7 @@ def parse_arm_options(spec: str, text: str) -> dict:
                 f"arm {spec!r}: {item!r} is not a pretraining option; write section.field=VALUE after '@', "
                 "several separated by commas, e.g. pretrained:mlm@model.preset=mini,data.block_size=64"
             )
-        if key in STUDY_PRETRAIN_KEYS:
+        if key in STUDY_PRETRAIN_KEYS and key not in allowed:
             raise ConfigError(
                 f"arm {spec!r}: {key} is set by the study for every arm and cannot be changed per arm"
             )
@@ -170,7 +176,7 @@ def parse_arm(spec: str) -> Arm:
         options = parse_arm_options(spec, text)
     elif kind == "continued" and "=" in arg.rpartition("@")[2]:  # a path may hold an "@" of its own
         arg, _, text = arg.rpartition("@")
-        options = parse_arm_options(spec, text)
+        options = parse_arm_options(spec, text, allowed=CONTINUED_OWN_KEYS)
         if sets_tokenizer(options):
             raise ConfigError(
                 f"arm {spec!r}: a continued: arm keeps its checkpoint's tokenizer, so tokenizer.* options "
@@ -260,6 +266,12 @@ def study_problems(cfg: StudyConfig) -> list[str]:
             problem = checkpoint_problem(arm.arg)
             if problem:
                 out.append(f"arm {spec!r}: {problem}")
+            source = arm.options.get("data.source")
+            if source and ":" not in source and not Path(source).expanduser().exists():
+                out.append(
+                    f"arm {spec!r}: data.source {source} does not exist; give the text file (or folder) this "
+                    "arm continues pretraining on"
+                )
     if sets_tokenizer(cfg.pretrain_overrides):  # the study's tokenizer is shared: they would be ignored
         key = min(k for k in cfg.pretrain_overrides if k.startswith("tokenizer."))
         out.append(
@@ -479,8 +491,37 @@ def display_names(arms: list[str]) -> dict[str, str]:
             short[spec] = spec.replace(ref, name, 1)
         else:
             short[spec] = spec
+        source = arm.options.get("data.source")  # continued:X@data.source=/long/path/news.txt
+        if source and Path(source).name != source:
+            short[spec] = short[spec].replace(source, Path(source).name, 1)
     seen = Counter(short.values())
     return {spec: (name if seen[name] == 1 else spec) for spec, name in short.items()}
+
+
+def source_pairs(arms: list[str]) -> list[dict]:
+    """Each ``continued:X`` arm with the ``checkpoint:X`` arm it continues (same checkpoint, method and
+    self-training): the report states what the user's text added to the public pretraining."""
+    parsed = {}
+    for spec in arms:
+        try:
+            parsed[spec] = parse_arm(spec)
+        except ConfigError:
+            continue
+    out = []
+    for spec, arm in parsed.items():
+        if arm.kind != "continued":
+            continue
+        for other, base in parsed.items():
+            if (base.kind, base.arg, base.method, base.self_train) == (
+                "checkpoint",
+                arm.arg,
+                arm.method,
+                arm.self_train,
+            ):
+                source = arm.options.get("data.source")
+                out.append({"arm": spec, "baseline": other, "corpus": Path(source).name if source else None})
+                break
+    return out
 
 
 def write_study_report(study_dir: str | Path) -> dict:
@@ -496,8 +537,12 @@ def write_study_report(study_dir: str | Path) -> dict:
         cells, arms = registry.cells(), registry.arms()
         names = display_names(list(arms) + [c["arm"] for c in cells])
         cells = [{**c, "arm": names[c["arm"]]} for c in cells]
+        pairs = [
+            {**pair, "arm": names[pair["arm"]], "baseline": names[pair["baseline"]]}
+            for pair in source_pairs(list(arms))
+        ]
         arms = {names[a]: info for a, info in arms.items()}
-        summary = summarize(cells, arms, metric=meta["config"]["metric"])
+        summary = summarize(cells, arms, metric=meta["config"]["metric"], pairs=pairs)
     finally:
         registry.close()
     focus = 100 if 100 in meta["budgets"] else meta["budgets"][len(meta["budgets"]) // 2]
@@ -508,6 +553,7 @@ def write_study_report(study_dir: str | Path) -> dict:
         "corpus": meta["corpus_desc"],
         "n_test": meta["n_test"],
         "overlap_text": meta["overlap_text"],
+        "focus_budget": focus,
     }
     html_path, md_path = write_report(study_dir, summary, report_meta, text)
     summary.update(verdict=text, report_html=str(html_path), report_md=str(md_path), focus_budget=focus)
