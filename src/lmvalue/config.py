@@ -636,6 +636,56 @@ class FinetuneTrainConfig(TrainConfig):
 
 
 @dataclass
+class ConsistencyConfig:
+    """Consistency training on unlabeled text (UDA, Xie et al. 2019): a KL term between the model's
+    prediction on an unlabeled text and on an augmented copy, beside the labeled loss."""
+
+    unlabeled: str | None = _f(
+        None,
+        "unlabeled texts (a file of one text per line, or any text source) to train the consistency term "
+        "on; none: no consistency training",
+    )
+    weight: float = _f(1.0, "weight of the consistency term against the labeled loss (UDA's lambda)")
+    augment: str = _f(
+        "mask",
+        "how the augmented copy is made: mask (tokens replaced by [MASK]) | random (by random tokens) | "
+        "drop (tokens deleted)",
+    )
+    rate: float = _f(0.3, "share of a text's tokens the augmentation changes")
+    ratio: int = _f(2, "unlabeled texts per labeled example in each step")
+    temperature: float = _f(
+        0.4, "sharpening of the target distribution (the prediction on the original text); 1: none"
+    )
+    threshold: float = _f(
+        0.6, "unlabeled texts whose original prediction is less confident than this are left out of the term"
+    )
+    tsa: str = _f(
+        "linear",
+        "training-signal annealing: labeled examples predicted above a threshold that rises from 1/classes to "
+        "1 over the run (none | linear | log | exp) are left out of the labeled loss, so a few labels are "
+        "not memorised before the unlabeled term has shaped the model",
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.augment not in ("mask", "random", "drop"):
+            out.append(f"consistency.augment={self.augment!r} must be mask, random or drop")
+        if self.tsa not in ("none", "linear", "log", "exp"):
+            out.append(f"consistency.tsa={self.tsa!r} must be none, linear, log or exp")
+        if not 0 < self.rate < 1:
+            out.append(f"consistency.rate={self.rate} must be in (0, 1)")
+        if self.ratio < 1:
+            out.append(f"consistency.ratio={self.ratio} must be >= 1")
+        if self.weight < 0:
+            out.append(f"consistency.weight={self.weight} must be >= 0")
+        if self.temperature <= 0:
+            out.append(f"consistency.temperature={self.temperature} must be > 0")
+        if not 0 <= self.threshold < 1:
+            out.append(f"consistency.threshold={self.threshold} must be in [0, 1)")
+        return out
+
+
+@dataclass
 class FinetuneConfig:
     """`lmvalue finetune`: train a task model on a label budget and score it on the test split."""
 
@@ -645,11 +695,12 @@ class FinetuneConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def problems(self) -> list[str]:
         """Checks of the values alone; what depends on the method (does it start from a model, read an
         encoder, have a task head) is :func:`lmvalue.methods.config_problems`."""
-        out = []
+        out = list(self.consistency.problems())
         if self.model.from_scratch and not self.model.init_from and not self.model.tokenizer:
             out.append(
                 "model.from_scratch with a preset needs model.tokenizer (the tokenizer to build it for)"

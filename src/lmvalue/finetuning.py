@@ -643,7 +643,15 @@ def _train_network(
         scores = score(dataclasses.replace(dev_view, model=m), data.dev)
         return {f"eval_{k}": v for k, v in scores.items() if isinstance(v, int | float) and k != "examples"}
 
+    uda = (
+        _consistency_setup(cfg, data, tokenizer, steps * cfg.train.grad_accum)
+        if cfg.consistency.unlabeled
+        else None
+    )
+
     def loss_fn(m, batch) -> dict:
+        if uda is not None:
+            return _consistency_loss(m, batch, uda, cfg.consistency, len(spec.labels))
         if method.prepends_tokens and spec.level == "token":
             # peft's prompt tuning returns logits for the virtual tokens too: score the last T only
             labels = batch["labels"]
@@ -707,6 +715,7 @@ def _train_network(
         ),
         "train_tokens": state.tokens,
         "head_probe": probe_info,
+        "consistency": uda["info"] if uda else None,
         "stop_reason": state.stop_reason,
         "best_step": state.best_step,
         "evals": state.evals,
@@ -714,6 +723,80 @@ def _train_network(
         "merged_dir": None,
     }
     return {"result": result, "final": final, "task": task, "tokenizer": tokenizer, "base_dir": base_dir}
+
+
+def _consistency_setup(cfg: FinetuneConfig, data: TaskData, tokenizer, micro_steps: int) -> dict:
+    """The unlabeled stream of consistency training: as many texts as the run will see (at most), the
+    labeled and test texts left out, encoded once."""
+    import random
+
+    from lmvalue.data.sources import load_texts
+    from lmvalue.tasks.consistency import UnlabeledStream
+
+    ccfg = cfg.consistency
+    if data.spec.kind != "classification":
+        raise ConfigError(
+            f"consistency.unlabeled: consistency training is for single-text classification, not {data.spec.kind} "
+            "tasks; drop consistency.unlabeled"
+        )
+    texts = load_texts(ccfg.unlabeled)
+    seen = {ex["text"] for ex in (*data.train, *data.dev, *data.test)}  # never train on a test text
+    texts = [t for t in dict.fromkeys(texts) if t not in seen]
+    if not texts:
+        raise DataError(
+            f"consistency.unlabeled={ccfg.unlabeled}: no unlabeled text left after removing the labeled ones"
+        )
+    batch = cfg.train.batch_size * ccfg.ratio
+    need = micro_steps * batch
+    random.Random(cfg.train.seed).shuffle(texts)
+    texts = texts[:need]
+    ids = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    return {
+        "stream": UnlabeledStream(ids, batch, tokenizer.pad_token_id, cfg.train.seed),
+        "generator": torch.Generator().manual_seed(cfg.train.seed + 1),
+        "special": special,
+        "mask_id": tokenizer.mask_token_id,
+        "vocab": len(tokenizer),
+        "pad": tokenizer.pad_token_id,
+        "calls": 0,
+        "total": max(1, micro_steps),
+        "info": {"unlabeled_texts": len(texts), "unlabeled_batch": batch, "kept_share": []},
+    }
+
+
+def _consistency_loss(m, batch: dict, uda: dict, ccfg, n_classes: int) -> dict:
+    """Labeled cross-entropy with training-signal annealing + weight x KL(target || augmented)."""
+    from lmvalue.tasks.consistency import annealed_cross_entropy, augment_ids, consistency_kl, tsa_threshold
+
+    progress = uda["calls"] / uda["total"]
+    uda["calls"] += 1
+    logits = m(**model_inputs(batch)).logits  # (B, K)
+    labeled, _ = annealed_cross_entropy(logits, batch["labels"], tsa_threshold(ccfg.tsa, progress, n_classes))
+    u = uda["stream"].next()
+    aug_ids, aug_mask = augment_ids(
+        u["input_ids"],
+        u["attention_mask"],
+        kind=ccfg.augment,
+        rate=ccfg.rate,
+        generator=uda["generator"],
+        special_ids=uda["special"],
+        mask_id=uda["mask_id"],
+        vocab_size=uda["vocab"],
+        pad_id=uda["pad"],
+    )
+    device = logits.device
+    with torch.no_grad():
+        target = m(input_ids=u["input_ids"].to(device), attention_mask=u["attention_mask"].to(device)).logits
+    augmented = m(input_ids=aug_ids.to(device), attention_mask=aug_mask.to(device)).logits
+    kl, kept = consistency_kl(target, augmented, temperature=ccfg.temperature, threshold=ccfg.threshold)
+    if uda["calls"] % 20 == 0:
+        uda["info"]["kept_share"].append(round(kept, 3))
+    return {
+        "loss": labeled + ccfg.weight * kl,
+        "labeled_loss": labeled.detach(),
+        "consistency_loss": kl.detach(),
+    }
 
 
 def _finish_network(

@@ -271,6 +271,11 @@ def config_problems(cfg) -> list[str]:
             value = getattr(value, part)
         if not value:
             out.append(f"method {name} needs method.{option}: {why}")
+    if getattr(cfg, "consistency", None) and cfg.consistency.unlabeled and method.family != "network":
+        out.append(
+            f"consistency.unlabeled: consistency training trains a network; method {name} is "
+            f"{method.family} (use full or a parameter-efficient method, or drop consistency.unlabeled)"
+        )
     if method.uses_model and not model.init_from and not model.from_scratch:
         out.append(
             "no starting point: set model.init_from (a pretrained run, checkpoint folder or hub name), "

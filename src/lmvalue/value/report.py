@@ -31,8 +31,9 @@ UNLABELED_ARMS = ("pretrained", "continued", "checkpoint", "prompt", "embeddings
 
 
 def uses_unlabeled(arm: str) -> bool:
-    """Does the arm draw on unlabeled text: pretraining, word vectors, or pseudo-labels (``+self``)."""
-    return arm.endswith("+self") or arm.startswith(UNLABELED_ARMS)
+    """Does the arm draw on unlabeled text: pretraining, word vectors, pseudo-labels (``+self``) or
+    consistency training (``+uda``)."""
+    return arm.endswith(("+self", "+uda")) or arm.startswith(UNLABELED_ARMS)
 
 
 def what_paid(summary: dict) -> str | None:
@@ -300,6 +301,10 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             if arm in ("embeddings", "hybrid")
             else f"self-training on {corpus_desc}"
             if arm.endswith("+self") and not arm.startswith(("pretrained", "continued"))
+            else f"consistency training on {corpus_desc}"
+            if arm.endswith("+uda") and not arm.startswith(("pretrained", "continued"))
+            else f"pretraining and consistency training on {corpus_desc}"
+            if arm.endswith("+uda")
             else f"distilling into the transformer pretrained on {corpus_desc}"
             if arm.startswith("distill")
             else f"pretraining on {corpus_desc}"

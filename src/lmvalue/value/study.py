@@ -66,8 +66,10 @@ LABEL_ONLY = ("tfidf", "nbsvm")
 # arms that learn word vectors from the corpus (prepared once per study, cached)
 VECTOR_ARMS = ("embeddings", "hybrid")
 NO_NETWORK = (*LABEL_ONLY, *VECTOR_ARMS)
+NETWORK_KINDS = ("scratch", "pretrained", "checkpoint", "continued")
 ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", *NO_NETWORK, "prompt", "distill")
 SELF_SUFFIX = "+self"
+UDA_SUFFIX = "+uda"  # consistency training on the study's unlabeled pool (lmvalue.tasks.consistency)
 # the transformer a distill: arm trains: the study's own masked-LM pretraining
 DISTILL_STUDENT = "pretrained:mlm"
 # prompt:zero / prompt:pet ask the study's own masked LM (the pretrained:mlm arm's pretraining) a
@@ -84,6 +86,7 @@ class Arm:
     # pretraining settings of this arm only (after "@"), over the study's --pretrain overrides
     options: dict = field(default_factory=dict)
     self_train: bool = False  # "+self": teacher-student self-training on the unlabeled pool
+    uda: bool = False  # "+uda": consistency training on the unlabeled pool while fine-tuning
     teacher: Arm | None = None  # distill: the arm whose pseudo-labels the student learns from
 
     @property
@@ -150,6 +153,22 @@ def parse_arm(spec: str) -> Arm:
             )
         student = parse_arm(DISTILL_STUDENT)
         return dataclasses.replace(student, name=spec, kind="distill", teacher=teacher)
+    if spec.endswith(UDA_SUFFIX):
+        base = parse_arm(spec[: -len(UDA_SUFFIX)])
+        from lmvalue.methods import METHODS
+
+        if (
+            base.kind not in NETWORK_KINDS
+            or base.self_train
+            or base.uda
+            or METHODS[base.method].family != "network"
+        ):
+            raise ConfigError(
+                f"arm {spec!r}: +uda adds consistency training to an arm that fine-tunes a network "
+                "(e.g. pretrained:mlm+uda, scratch+uda, checkpoint:NAME/lora+uda); not to classical, prompt, "
+                "distill: or +self arms"
+            )
+        return dataclasses.replace(base, name=spec, uda=True)
     if spec.endswith(SELF_SUFFIX):
         base = parse_arm(spec[: -len(SELF_SUFFIX)])
         if base.kind in ("prompt", "distill") or base.self_train:
@@ -754,7 +773,7 @@ def prepare_arm(arm: Arm, cfg: StudyConfig, study_dir: Path, data: dict, registr
             info = {**parts, **_unlabeled_pool(cfg, study_dir, data)}
         else:
             info = _prepare_arm(arm, cfg, study_dir, data)
-            if arm.self_train:
+            if arm.self_train or arm.uda:
                 info.update(_unlabeled_pool(cfg, study_dir, data))
         registry.record_arm(arm.name, status="done", info=info)
         return {"status": "done", **info}
@@ -912,6 +931,8 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
             overrides.update({"model.preset": cfg.preset, "model.tokenizer": state["tokenizer"]})
     else:
         overrides["model.init_from"] = state["model"]
+    if arm.uda:
+        overrides["consistency.unlabeled"] = state["unlabeled"]
     return overrides
 
 
@@ -959,6 +980,7 @@ def run_cell(
             "steps": m.get("steps"),
             "train_examples": m["examples"]["train"],
             "dev_examples": m["examples"]["dev"],
+            **({"consistency": m["consistency"]} if m.get("consistency") else {}),
         },
         "config": overrides,
         "trainable_params": m.get("trainable_params"),
