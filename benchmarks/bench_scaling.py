@@ -1,6 +1,6 @@
 """The cell phase of the demo study under each executor, side by side in one run (docs/scaling.md).
 
-    python benchmarks/bench_scaling.py [--pretrain-steps 1000] [--seeds 3] [--out runs/bench-scaling]
+    python benchmarks/bench_scaling.py [--pretrain-steps 1000] [--seeds 3] [--budgets ...] [--out runs/bench-scaling]
 
 1. prepares the demo study's arms once (`lmvalue demo` settings, ``--pretrain-steps`` of pretraining):
    a study with one cell (the first budget, seed 0) per arm;
@@ -36,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budgets", type=int, nargs="+", default=None, help="default: the demo's")
     p.add_argument("--out", default="runs/bench-scaling")
     p.add_argument("--only", nargs="*", default=None, help="run only these executors (workers1 workers2 ray)")
     args = p.parse_args()
@@ -54,6 +55,7 @@ def main() -> None:
         "ray": {"executor": "ray"},
     }
     results = {}
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     for name, settings in runs.items():
         if args.only and name not in args.only:
             continue
@@ -66,6 +68,7 @@ def main() -> None:
         db.close()
         cfg = demo_config(str(study), resume=True, pretrain_steps=args.pretrain_steps)
         cfg.seeds = args.seeds
+        cfg.budgets = args.budgets or cfg.budgets
         for key, value in settings.items():
             setattr(cfg, key, value)
         if name == "ray":
@@ -84,7 +87,8 @@ def main() -> None:
         done = sum(c["status"] == "done" for c in got.values())
         print(
             f"{name:9s} {len(got)} cells ({done} done) in {wall:6.1f}s wall; "
-            f"sum of the cells' wall times {sum(c['wall_s'] for c in got.values()):6.1f}s",
+            f"sum of the cells' wall times {sum(c['wall_s'] for c in got.values()):6.1f}s; "
+            f"load average after {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     names = list(results)
