@@ -168,8 +168,13 @@ class _Slot:
         self.stop()
         self.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = False) -> None:
+        """``wait``: the pool is idle, let its process exit; otherwise kill a cell still running."""
         if self.pool is None:
+            return
+        if wait:
+            self.pool.shutdown(wait=True)
+            self.pool = None
             return
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -234,6 +239,7 @@ def run_local_pool(
     queue = deque(arms)
     prep_future = None
     prep_arm = None
+    completed = False
     try:
         while queue or prep_future is not None or ready or any(s.future for s in slots):
             if prep_future is None and queue:
@@ -285,10 +291,11 @@ def run_local_pool(
                     result = failed(f"{type(e).__name__}: {e}")
                 result["attempts"] = attempts.get(cell.key, 0) + 1
                 on_cell(cell, result)
+        completed = True
     finally:
         preparer.shutdown(wait=False, cancel_futures=True)
         for slot in slots:
-            slot.stop()
+            slot.stop(wait=completed)
 
 
 # --- Ray ----------------------------------------------------------------------------------------
