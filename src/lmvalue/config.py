@@ -739,6 +739,8 @@ class FinetuneConfig:
 # fields: ``--name-with-dashes``, or ``flag`` in the metadata).
 
 DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
+# where a study's cells run (lmvalue.value.scaling)
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -831,11 +833,65 @@ class StudyConfig:
     )
     resume: bool = _f(False, "finish an interrupted study; finished cells are kept")
     overwrite: bool = _f(False, "replace an existing study in --output")
+    # Where the cells run (docs/scaling.md); none of these change a cell's result, so a study may be
+    # resumed under another executor.
+    executor: str = _f(
+        "local",
+        "where the cells run: local (this machine, --workers processes) or ray (Ray core tasks on a local Ray "
+        "runtime or the cluster at --ray-address; pip install 'lmvalue[ray]')",
+        choices=EXECUTORS,
+    )
+    workers: int = _f(
+        1,
+        "local: cells run side by side in this many worker processes, each with its share of the CPU cores "
+        "(or one GPU each); 1 runs them one after another in this process",
+    )
+    ray_address: str | None = _f(
+        None,
+        "ray: the cluster to run on (the address `ray start --head` prints, or auto); default: start a Ray "
+        "runtime on this machine",
+    )
+    cpus_per_cell: int | None = _f(
+        None,
+        "CPU threads of one cell or pretraining task (default: local, the cores divided among --workers; "
+        "ray, 1)",
+    )
+    gpus_per_cell: float | None = _f(
+        None,
+        "ray: GPUs of one network cell or pretraining task (default: 1 when the cluster has GPUs, else 0; "
+        "scikit-learn cells take none)",
+    )
+    cell_retries: int = _f(
+        2,
+        "a cell (or pretraining) whose worker process died (killed, out of memory) runs again at most this "
+        "many times, then is recorded as failed with the reason",
+    )
 
     def problems(self) -> list[str]:
         import codecs
 
         out = []
+        if self.executor not in EXECUTORS:
+            out.append(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.workers < 1:
+            out.append(f"--workers must be >= 1, got {self.workers}")
+        if self.executor == "ray" and self.workers != 1:
+            out.append(
+                "--workers sets the worker processes of --executor local; Ray places the tasks itself "
+                "(size them with --cpus-per-cell / --gpus-per-cell)"
+            )
+        if self.ray_address and self.executor != "ray":
+            out.append("--ray-address needs --executor ray")
+        if self.cpus_per_cell is not None and self.cpus_per_cell < 1:
+            out.append(f"--cpus-per-cell must be >= 1, got {self.cpus_per_cell}")
+        if self.gpus_per_cell is not None and self.gpus_per_cell < 0:
+            out.append(f"--gpus-per-cell must be >= 0, got {self.gpus_per_cell:g}")
+        if self.gpus_per_cell and self.executor != "ray":
+            out.append(
+                "--gpus-per-cell applies to --executor ray; local workers take one GPU each when there are GPUs"
+            )
+        if self.cell_retries < 0:
+            out.append(f"--cell-retries must be >= 0, got {self.cell_retries}")
         if self.pretrain_minutes is not None and not self.pretrain_minutes > 0:
             out.append(f"--pretrain-minutes must be > 0, got {self.pretrain_minutes:g}")
         if self.pretrain_steps is not None and self.pretrain_steps < 1:

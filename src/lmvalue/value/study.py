@@ -42,8 +42,6 @@ import io
 import json
 import logging
 import re
-import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -380,6 +378,10 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
     problems = study_problems(cfg)
     if problems:
         raise ConfigError("invalid study settings:\n" + "\n".join(f"  - {p}" for p in problems))
+    if cfg.executor == "ray":
+        from lmvalue.value.scaling import check_ray
+
+        check_ray()  # before the folder is touched
     arms = [parse_arm(a) for a in cfg.arms]
     study_dir = Path(cfg.output_dir)
     new_folder = not study_dir.exists()
@@ -411,27 +413,10 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
             progress.remaining[arm.name] += 1
         if len(todo) < len(cells):
             log.info("resuming: %d of %d cells already finished", len(cells) - len(todo), len(cells))
-        arm_states: dict[str, dict] = {}
-        for arm, budget, seed in todo:
-            if arm.name not in arm_states:
-                arm_states[arm.name] = prepare_arm(arm, cfg, study_dir, data, registry)
-            state = arm_states[arm.name]
-            progress.start(arm.name, budget, seed)
-            t0, c0 = time.perf_counter(), time.process_time()
-            if state["status"] != "done":
-                result = {"status": "failed", "error": f"arm preparation failed: {state['error']}"}
-            else:
-                try:
-                    result = runner(arm, state, data["train"], data["test"], budget, seed, cfg)
-                    result["status"] = "done"
-                except Exception as e:  # one failing arm must not stop the study
-                    log.warning("  failed: %s", e)
-                    result = {
-                        "status": "failed",
-                        "error": f"{type(e).__name__}: {e}",
-                        "traceback": traceback.format_exc(limit=5),
-                    }
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        parallel = cfg.executor == "ray" or cfg.workers > 1
+
+        def record(arm: Arm, budget: int, seed: int, result: dict) -> None:
+            """The driver alone writes the registry: one transaction per cell, as each finishes."""
             metrics = result.get("metrics", {})
             registry.record_cell(
                 arm.name,
@@ -441,19 +426,233 @@ def run_study(cfg: StudyConfig, *, cell_runner: Callable | None = None) -> dict:
                 score=metrics.get(cfg.metric) if result["status"] == "done" else None,
                 metrics=metrics,
                 config=result.get("config", {}),
-                wall_s=wall,
-                cpu_s=cpu,
+                wall_s=result["wall_s"],
+                cpu_s=result["cpu_s"],
                 trainable_params=result.get("trainable_params"),
                 train_flops=result.get("train_flops"),
                 error=result.get("error"),
             )
-            if result["status"] == "done":
+            progress.finish(arm.name, result["wall_s"])
+            if parallel:
+                left = progress.eta()
+                eta = f", ~{left / 60 / workers_of(cfg):.1f} min left" if left is not None else ""
+                what = (
+                    f"{cfg.metric} = {metrics.get(cfg.metric, float('nan')):.4f}"
+                    if result["status"] == "done"
+                    else f"failed: {result.get('error')}"
+                )
+                log.info(
+                    "[%d/%d] %s @ %d labels, seed %d: %s (%.0fs%s)",
+                    progress.done,
+                    progress.total,
+                    arm.name,
+                    budget,
+                    seed,
+                    what,
+                    result["wall_s"],
+                    eta,
+                )
+            elif result["status"] == "done":
                 lr = f", lr {metrics['lr']:g}" if metrics.get("lr") else ""
-                log.info("  %s = %.4f (%.0fs%s)", cfg.metric, metrics.get(cfg.metric, float("nan")), wall, lr)
-            progress.finish(arm.name, wall)
+                log.info(
+                    "  %s = %.4f (%.0fs%s)",
+                    cfg.metric,
+                    metrics.get(cfg.metric, float("nan")),
+                    result["wall_s"],
+                    lr,
+                )
+            else:
+                log.warning("  failed: %s", result.get("error"))
+
+        if parallel:
+            _run_parallel(cfg, arms, todo, runner, study_dir, data, registry, record)
+        else:  # one cell after another, in this process
+            from lmvalue.value.scaling import run_cell_job
+
+            arm_states: dict[str, dict] = {}
+            for arm, budget, seed in todo:
+                if arm.name not in arm_states:
+                    arm_states[arm.name] = prepare_arm(arm, cfg, study_dir, data, registry)
+                progress.start(arm.name, budget, seed)
+                result = run_cell_job(
+                    runner, arm, arm_states[arm.name], data["train"], data["test"], budget, seed, cfg
+                )
+                record(arm, budget, seed, result)
         return write_study_report(study_dir)
     finally:
         registry.close()
+
+
+def workers_of(cfg: StudyConfig) -> int:
+    """Cells that run at once under ``local`` (the time-left estimate divides by it)."""
+    return max(1, cfg.workers) if cfg.executor == "local" else 1
+
+
+def _run_parallel(
+    cfg: StudyConfig,
+    arms: list[Arm],
+    todo: list[tuple[Arm, int, int]],
+    runner: Callable,
+    study_dir: Path,
+    data: dict,
+    registry: Registry,
+    record: Callable,
+) -> None:
+    """The cells of ``todo`` in worker processes (local) or Ray tasks (:mod:`lmvalue.value.scaling`);
+    arms are prepared away from the registry and recorded here, in the driver, like every cell."""
+    from lmvalue.value import scaling
+
+    cells = [scaling.Cell(a, b, s) for a, b, s in todo]
+    # what a sequential study records in the arms table: its arms, and the parts of its distill: arms
+    recordable = {a.name for a in arms}
+    recordable |= {n for a in arms if a.kind == "distill" for n in (a.teacher.name, DISTILL_STUDENT)}
+    saved = {name: rec for name, rec in registry.arms().items() if rec["status"] == "done"}
+
+    def keep(outcome: dict) -> None:
+        for name, rec in outcome.get("records", {}).items():
+            if name in recordable:
+                registry.record_arm(name, status=rec["status"], info=rec["info"], error=rec["error"])
+
+    def arm_prepared(arm: Arm, outcome: dict) -> dict:
+        keep(outcome)
+        state = outcome["state"]
+        if state["status"] != "done":
+            log.warning("arm %s could not be prepared: %s", arm.name, state["error"])
+            if arm.name not in outcome.get("records", {}):
+                registry.record_arm(arm.name, status="failed", info={}, error=state["error"])
+        return state
+
+    def on_cell(cell, result: dict) -> None:
+        record(cell.arm, cell.budget, cell.seed, result)
+
+    if cfg.executor == "ray":
+        nodes, arm_nodes = preparation_graph(list({c.arm.name: c.arm for c in cells}.values()))
+        names = {f"arm:{a.name}": a for a in arms}
+
+        def node_prepared(node, outcome: dict) -> None:
+            if node.key in names:
+                arm_prepared(names[node.key], outcome)
+            else:
+                keep(outcome)
+
+        scaling.run_ray(
+            cells,
+            address=cfg.ray_address,
+            nodes=nodes,
+            arm_nodes=arm_nodes,
+            prepare=prepare_arm_detached,
+            data={**data, "study": {"cfg": cfg, "dir": str(study_dir)}},
+            known=saved,
+            on_prepared=node_prepared,
+            runner=runner,
+            cfg=cfg,
+            on_cell=on_cell,
+            retries=cfg.cell_retries,
+            cpus=cfg.cpus_per_cell or 1,
+            gpus=cfg.gpus_per_cell,
+            network=lambda arm: arm.kind not in NO_NETWORK,
+        )
+        return
+    import pickle
+
+    try:
+        pickle.dumps(runner)
+    except Exception as e:
+        raise ConfigError(
+            f"--workers {cfg.workers}: the cell runner cannot be sent to a worker process ({e}); give a "
+            "module-level function, or run with --workers 1"
+        ) from None
+    known = dict(saved)
+    study = {**data, "study": {"cfg": cfg, "dir": str(study_dir)}}
+
+    def prepare(arm: Arm) -> dict:  # in the driver's preparation thread: no registry there
+        outcome = prepare_arm_detached(arm, study, known)
+        known.update({n: r for n, r in outcome["records"].items() if r["status"] == "done"})
+        return outcome
+
+    scaling.run_local_pool(
+        cells,
+        workers=cfg.workers,
+        threads=cfg.cpus_per_cell or max(1, scaling.available_cores() // cfg.workers),
+        prepare=prepare,
+        on_prepared=arm_prepared,
+        runner=runner,
+        cfg=cfg,
+        train=data["train"],
+        test=data["test"],
+        on_cell=on_cell,
+        retries=cfg.cell_retries,
+    )
+
+
+class _ArmMemo:
+    """The arms table of a registry, in memory: :func:`prepare_arm` away from the driver records here,
+    and the driver copies the records into ``results.sqlite``."""
+
+    def __init__(self, known: dict):
+        self.known, self.records = dict(known), {}
+
+    def arm(self, name: str) -> dict | None:
+        return self.records.get(name) or self.known.get(name)
+
+    def record_arm(self, name: str, *, status: str, info: dict, error: str | None = None) -> None:
+        self.records[name] = {
+            "status": status,
+            "info": json.loads(json.dumps(info, default=str)),
+            "error": error,
+        }
+
+
+def prepare_arm_detached(arm: Arm, data: dict, known: dict) -> dict:
+    """:func:`prepare_arm` in a thread or a Ray task, without the registry: ``known`` are arms already
+    prepared (name -> record); returns the arm's ``state`` and the ``records`` the driver writes.
+    ``data`` is the study's data with ``data["study"] = {"cfg", "dir"}``."""
+    memo = _ArmMemo(known)
+    cfg, study_dir = data["study"]["cfg"], Path(data["study"]["dir"])
+    state = prepare_arm(arm, cfg, study_dir, data, memo)  # type: ignore[arg-type]
+    return {"state": state, "records": memo.records}
+
+
+def preparation_graph(arms: list[Arm]):
+    """The preparation of ``arms`` as Ray tasks: (nodes in an order where each comes after those it
+    waits for, arm name -> its node's key). Preparations that write the same files run once, as one
+    node the others wait for: the study tokenizer (``tokenizer``), each pretraining run
+    (``pretraining:<arm without its method>``; prompt: arms use pretrained:mlm's), the word vectors
+    (``vectors``). Each arm then has a node of its own (``arm:<name>``), quick once those ran."""
+    from lmvalue.value.scaling import Node
+
+    nodes: dict[str, Node] = {}
+    student = parse_arm(DISTILL_STUDENT)
+
+    def unit(part: Arm) -> str | None:
+        if part.kind in LABEL_ONLY or part.kind == "checkpoint":
+            return None
+        if part.kind in VECTOR_ARMS:
+            return "vectors"
+        if part.kind == "scratch":
+            return "tokenizer"
+        return "pretraining:" + (student if part.kind == "prompt" else part).pretraining
+
+    def add_unit(part: Arm) -> str | None:
+        key = unit(part)
+        if key is None or key in nodes:
+            return key
+        after = []
+        if part.kind in ("pretrained", "continued", "prompt"):  # they train the study tokenizer if absent
+            after = [add_unit(parse_arm("scratch"))]
+        plain = student if part.kind == "prompt" else part
+        if plain.self_train:
+            plain = dataclasses.replace(plain, name=plain.name[: -len(SELF_SUFFIX)], self_train=False)
+        nodes[key] = Node(key, plain, after, network=key.startswith("pretraining:"))
+        return key
+
+    arm_nodes = {}
+    for arm in arms:
+        parts = [arm.teacher, student] if arm.kind == "distill" else [arm]
+        after = list(dict.fromkeys(k for k in map(add_unit, parts) if k))
+        arm_nodes[arm.name] = f"arm:{arm.name}"
+        nodes[arm_nodes[arm.name]] = Node(arm_nodes[arm.name], arm, after, network=False)
+    return list(nodes.values()), arm_nodes
 
 
 def _clear_failed_start(study_dir: Path, new_folder: bool) -> None:
