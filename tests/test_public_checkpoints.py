@@ -176,7 +176,7 @@ def test_a_study_states_the_two_sources_of_value(public_checkpoint, tmp_path):
             in text
         )
         assert (
-            f"Value of continuing on {other.name}, another corpus than the study's, (continued:tiny-bert@"
+            f"Value of continuing on {other.name} instead, the out-of-domain control (continued:tiny-bert@"
             in (text.replace("&#x27;", "'"))
         )
         assert "seconds of continued pretraining" in text
@@ -258,4 +258,9 @@ def test_the_two_sources_of_value_are_judged_apart():
     assert "Value of continuing on your text (continued:X vs checkpoint:X) at 100 labels: worth" in text
     assert "+3.0 points" in text and "for 10.0 minutes of continued pretraining" in text
     assert "Continuing checkpoint:X's pretraining on your text paid: it was worth its 10.0 minutes." in text
-    assert "Continuing checkpoint:X's pretraining on news.txt, another corpus than the study's hurt" in text
+    assert "Continuing checkpoint:X's pretraining on news.txt (the out-of-domain control) hurt" in text
+    assert (
+        "continued:X@data.source=news.txt: continuing the public checkpoint's pretraining on news.txt is"
+        in text
+    )
+    assert "checkpoint:X: the public checkpoint as it is (pretrained elsewhere, not on your text) is" in text

@@ -307,6 +307,10 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
             if arm.endswith("+uda")
             else f"distilling into the transformer pretrained on {corpus_desc}"
             if arm.startswith("distill")
+            else "the public checkpoint as it is (pretrained elsewhere, not on your text)"
+            if arm.startswith("checkpoint:")
+            else f"continuing the public checkpoint's pretraining on {_own_corpus(arm) or corpus_desc}"
+            if arm.startswith("continued:")
             else f"pretraining on {corpus_desc}"
         )
         if r.get("no_claim"):
@@ -379,6 +383,14 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
     return " ".join(sentences)
 
 
+def _own_corpus(arm: str) -> str | None:
+    """The corpus a ``continued:X@data.source=OTHER`` arm continued on (its out-of-domain control)."""
+    import re
+
+    m = re.search(r"@(?:[^@]*,)?data\.source=([^,]+?)(?:,|/[A-Za-z0-9-]+$|$)", arm)
+    return m.group(1) if m else None
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} minutes" if seconds >= 60 else f"{seconds:.0f} seconds"
 
@@ -420,13 +432,13 @@ def value_sources(summary: dict, focus_budget: int = 100) -> list[str]:
         r = _row_at(summary, arm, ckpt, focus_budget)
         if not r:
             continue
-        corpus = f"{pair['corpus']}, another corpus than the study's," if pair.get("corpus") else "your text"
+        corpus = f"{pair['corpus']} instead, the out-of-domain control" if pair.get("corpus") else "your text"
         minutes = _duration(pair["pretrain_s"]) if pair.get("pretrain_s") else "its pretraining"
         out.append(
             f"Value of continuing on {corpus} ({arm} vs {ckpt}) at {focus_budget} labels: {_gain_text(r)}, "
             f"for {minutes} of continued pretraining."
         )
-        corpus = corpus.rstrip(",")
+        corpus = f"{pair['corpus']} (the out-of-domain control)" if pair.get("corpus") else "your text"
         d = r["diff"]
         if r.get("no_claim") or not d:
             continue  # nothing to answer from
