@@ -579,7 +579,7 @@ def markdown_report(summary: dict, meta: dict, verdict_text: str) -> str:
         ]
     sources = value_sources(summary, meta.get("focus_budget", 100))
     if sources:
-        lines += ["## Two sources of value", ""] + [f"- {t}" for t in sources] + [""]
+        lines += ["", "## Two sources of value", ""] + [f"- {t}" for t in sources]
     lines += [
         "",
         "## Label efficiency",
