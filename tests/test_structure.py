@@ -16,7 +16,7 @@ LAYERS = [
     ("lmvalue.objectives", "lmvalue.methods", "lmvalue.tasks"),
     ("lmvalue.loop", "lmvalue.inference", "lmvalue.transfer", "lmvalue.prompting", "lmvalue.generate"),
     ("lmvalue.pretraining", "lmvalue.finetuning", "lmvalue.prompting.training"),
-    ("lmvalue.continual", "lmvalue.value", "lmvalue.serve"),
+    ("lmvalue.continual", "lmvalue.value", "lmvalue.serve", "lmvalue.drift"),
     ("lmvalue.cli",),
 ]
 

@@ -415,6 +415,15 @@ def cmd_continual(args):
     )
 
 
+def cmd_drift(args):
+    from lmvalue.drift import DriftSettings, measure_drift
+
+    settings = DriftSettings(max_docs=args.max_docs, permutations=args.permutations, seed=args.seed)
+    r = measure_drift(args.model, args.new, args.reference, args.output, settings)
+    print(r["verdict"])
+    print(f"details: {Path(args.output) / 'drift.json'}")
+
+
 def cmd_serve(args):
     try:
         import fastapi  # noqa: F401
@@ -699,6 +708,38 @@ def _add_continual_command(sub) -> None:
     p.set_defaults(func=cmd_continual)
 
 
+def _add_drift_command(sub) -> None:
+    p = sub.add_parser(
+        "drift",
+        help="how far new unlabeled text is from what a model was pretrained on",
+        description="Compare new text with the reference text (by default the corpus an lmvalue pretraining "
+        "run was trained on): the model's LM loss on each (bootstrap 95%% CI of the difference), unknown-token "
+        "and unseen-word rates, and a classifier two-sample test in the encoder's representation space "
+        "(cross-validated AUC, permutation p-value). Prints a verdict and writes drift.json. See docs/continual.md.",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="pretrained LM: an lmvalue pretraining run, a model folder or hub name",
+    )
+    p.add_argument("--new", required=True, help="the new unlabeled text (a file, folder or any text source)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="the text the model knows (default: the run's data.source from its config.yaml)",
+    )
+    p.add_argument(
+        "--max-docs", type=int, default=500, help="documents sampled from each side (default: 500)"
+    )
+    p.add_argument(
+        "--permutations", type=int, default=100, help="shuffles for the two-sample p-value (default: 100)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", "-o", default="runs/drift", help="folder for drift.json (default: runs/drift)")
+    p.set_defaults(func=cmd_drift)
+
+
 def _add_prompt_command(sub) -> None:
     p = sub.add_parser(
         "prompt",
@@ -787,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(sub)
     _add_predict_command(sub)
     _add_continual_command(sub)
+    _add_drift_command(sub)
     _add_prompt_command(sub)
     _add_serve_command(sub)
     return parser

@@ -1,0 +1,240 @@
+"""`lmvalue drift`: how far new unlabeled text is from the text a model was pretrained on.
+
+Three pieces of evidence, each with a number a user can act on:
+
+* **language-model loss**: the pretrained model's masked-LM (or causal-LM) loss on each document of the
+  reference and of the new text, masks drawn from a fixed seed; the difference of the means with a
+  bootstrap 95% interval (new text the model predicts worse is text it has not learned);
+* **vocabulary**: the share of the new text's tokens that the tokenizer maps to ``[UNK]``, and the share of
+  its words (characters for Chinese) never seen in the reference;
+* **a classifier two-sample test** in the encoder's representation space (Lopez-Paz & Oquab 2017): a logistic
+  regression tries to tell reference from new documents by their mean-pooled hidden states; its
+  cross-validated AUC (0.5: indistinguishable) with a permutation p-value.
+
+The verdict is "drift" when the two-sample test rejects (p < ``alpha``) with an AUC of at least
+``min_auc`` (a difference large enough to matter, not only to detect); the loss and vocabulary numbers are
+reported as the evidence. Everything is written to ``drift.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmvalue.errors import DataError
+
+log = logging.getLogger("lmvalue")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+_WORD = re.compile(r"[\u3400-\u9fff]|[^\W\d_]+", re.UNICODE)
+
+
+@dataclass
+class DriftSettings:
+    max_docs: int = 500  # documents sampled from each side
+    max_length: int = 128  # tokens read per document
+    mask_rate: float = 0.15
+    permutations: int = 100
+    alpha: float = 0.01
+    min_auc: float = 0.6
+    seed: int = 0
+
+
+def reference_source(model: str) -> str | None:
+    """The corpus an lmvalue pretraining run was trained on (its config.yaml), when ``model`` is a run folder."""
+    import yaml
+
+    for folder in (Path(model), Path(model).parent):
+        cfg = folder / "config.yaml"
+        if cfg.is_file():
+            try:
+                source = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("data", {}).get("source")
+            except yaml.YAMLError:
+                return None
+            if source:
+                return str(source)
+    return None
+
+
+def sample_texts(source: str, n: int, seed: int, what: str) -> list[str]:
+    from lmvalue.data.sources import load_texts
+
+    texts = [t for t in dict.fromkeys(load_texts(source)) if t.strip()]
+    if len(texts) < 10:
+        raise DataError(f"{what} {source}: {len(texts)} documents; drift needs at least 10 on each side")
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def words(text: str) -> list[str]:
+    """Characters for Chinese, lower-cased words otherwise."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def vocabulary_shift(reference: list[str], new: list[str], tokenizer) -> dict:
+    seen = {w for t in reference for w in words(t)}
+    new_words = [w for t in new for w in words(t)]
+    unseen = sum(1 for w in new_words if w not in seen)
+
+    def unk_rate(texts: list[str]) -> float:
+        ids = [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
+        return sum(1 for i in ids if i == tokenizer.unk_token_id) / max(1, len(ids))
+
+    return {
+        "unk_rate_reference": unk_rate(reference),
+        "unk_rate_new": unk_rate(new),
+        "new_word_rate": unseen / max(1, len(new_words)),
+        "new_word_types": len({w for w in new_words if w not in seen}),
+    }
+
+
+def document_losses(model, tokenizer, texts: list[str], s: DriftSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document LM loss (masked LM: a ``mask_rate`` share of the tokens masked with a seeded generator;
+    a decoder: next-token loss) and mean-pooled last hidden states, shape (N,) and (N, C)."""
+    decoder = tokenizer.mask_token_id is None
+    g = torch.Generator().manual_seed(s.seed)
+    losses, feats = [], []
+    specials = set(tokenizer.all_special_ids)
+    with torch.inference_mode():
+        for text in texts:
+            ids = torch.tensor(
+                [tokenizer(text, truncation=True, max_length=s.max_length)["input_ids"]]
+            )  # (1, T)
+            if decoder:
+                out = model(input_ids=ids, labels=ids, output_hidden_states=True)
+                loss = float(out.loss) if ids.shape[1] > 1 else float("nan")
+            else:
+                ordinary = torch.tensor([[i not in specials for i in ids[0].tolist()]])
+                hit = (torch.rand(ids.shape, generator=g) < s.mask_rate) & ordinary
+                if not hit.any() and ordinary.any():  # every document counts: at least one masked token
+                    hit[0, int(ordinary[0].nonzero()[0])] = True
+                masked = ids.clone()
+                masked[hit] = tokenizer.mask_token_id
+                labels = torch.where(hit, ids, torch.full_like(ids, -100))
+                out = model(input_ids=masked, labels=labels, output_hidden_states=True)
+                loss = float(out.loss) if hit.any() else float("nan")
+            losses.append(loss)
+            feats.append(out.hidden_states[-1][0].mean(0).float().numpy())
+    return np.array(losses), np.stack(feats)
+
+
+def two_sample_test(ref_feats: np.ndarray, new_feats: np.ndarray, s: DriftSettings) -> dict:
+    """Cross-validated AUC of a logistic regression telling the two samples apart, and its permutation
+    p-value (the labels shuffled ``permutations`` times; p = (1 + #AUC_perm >= AUC) / (1 + permutations))."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([ref_feats, new_feats])
+    y = np.array([0] * len(ref_feats) + [1] * len(new_feats))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=s.seed)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+
+    def auc(labels: np.ndarray) -> float:
+        p = cross_val_predict(clf, x, labels, cv=folds, method="predict_proba")[:, 1]
+        return float(roc_auc_score(labels, p))
+
+    observed = auc(y)
+    rng = np.random.default_rng(s.seed)
+    null = [auc(rng.permutation(y)) for _ in range(s.permutations)]
+    p_value = (1 + sum(a >= observed for a in null)) / (1 + s.permutations)
+    return {
+        "auc": observed,
+        "p_value": p_value,
+        "permutations": s.permutations,
+        "null_auc_95": float(np.quantile(null, 0.95)),
+    }
+
+
+def bootstrap_mean_difference(
+    a: np.ndarray, b: np.ndarray, seed: int, n: int = 2000
+) -> tuple[float, float, float]:
+    """mean(b) - mean(a) with a percentile bootstrap 95% interval (independent samples)."""
+    rng = np.random.default_rng(seed)
+    diffs = [rng.choice(b, len(b)).mean() - rng.choice(a, len(a)).mean() for _ in range(n)]
+    return float(b.mean() - a.mean()), float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
+
+
+def measure_drift(
+    model_path: str, new: str, reference: str | None, output_dir: str, s: DriftSettings
+) -> dict:
+    from lmvalue.continual import _load_lm
+    from lmvalue.files import prepare_output_dir, write_text_atomic
+    from lmvalue.tokenizer import load_tokenizer
+    from lmvalue.weights import resolve_checkpoint
+
+    if (1 + s.permutations) * s.alpha <= 1:
+        from lmvalue.errors import ConfigError
+
+        raise ConfigError(
+            f"drift: with {s.permutations} permutations the smallest p-value is 1/{s.permutations + 1}, which can "
+            f"never be below alpha={s.alpha}; use --permutations {int(1 / s.alpha)} or more"
+        )
+    reference = reference or reference_source(model_path)
+    if not reference:
+        raise DataError(
+            f"drift: {model_path} does not say what it was pretrained on (no lmvalue config.yaml); give the "
+            "reference text with --reference"
+        )
+    folder = resolve_checkpoint(model_path)
+    tokenizer = load_tokenizer(folder)
+    model = _load_lm(folder)
+    out = prepare_output_dir(output_dir)
+    ref_texts = sample_texts(reference, s.max_docs, s.seed, "--reference")
+    new_texts = sample_texts(new, s.max_docs, s.seed + 1, "--new")
+    log.info(
+        "drift: %d reference and %d new documents through %s ...", len(ref_texts), len(new_texts), folder
+    )
+    ref_loss, ref_feats = document_losses(model, tokenizer, ref_texts, s)
+    new_loss, new_feats = document_losses(model, tokenizer, new_texts, s)
+    ref_loss, new_loss = ref_loss[~np.isnan(ref_loss)], new_loss[~np.isnan(new_loss)]
+    diff = bootstrap_mean_difference(ref_loss, new_loss, s.seed)
+    test = two_sample_test(ref_feats, new_feats, s)
+    vocab = vocabulary_shift(ref_texts, new_texts, tokenizer)
+    drift = test["p_value"] < s.alpha and test["auc"] >= s.min_auc
+    evidence = (
+        f"a classifier tells the new text from the reference with AUC {test['auc']:.3f} "
+        f"(permutation p = {test['p_value']:.3g}; chance: 0.5, 95% of shuffles below {test['null_auc_95']:.3f}); "
+        f"LM loss {ref_loss.mean():.3f} -> {new_loss.mean():.3f} "
+        f"({diff[0]:+.3f}, 95% CI {diff[1]:+.3f} to {diff[2]:+.3f}, perplexity {np.exp(ref_loss.mean()):.1f} -> "
+        f"{np.exp(new_loss.mean()):.1f}); {vocab['new_word_rate']:.1%} of the new text's words are unseen in the "
+        f"reference, [UNK] {vocab['unk_rate_reference']:.2%} -> {vocab['unk_rate_new']:.2%}"
+    )
+    verdict = (
+        ("DRIFT: " if drift else "no drift: ")
+        + evidence
+        + (
+            ". Consider continued pretraining on the new text (lmvalue continual)."
+            if drift and diff[1] > 0
+            else "."
+        )
+    )
+    result = {
+        "drift": bool(drift),
+        "verdict": verdict,
+        "model": str(folder),
+        "reference": reference,
+        "new": new,
+        "documents": {"reference": len(ref_texts), "new": len(new_texts)},
+        "lm_loss": {
+            "reference": float(ref_loss.mean()),
+            "new": float(new_loss.mean()),
+            "difference": diff[0],
+            "ci95": [diff[1], diff[2]],
+            "perplexity_reference": float(np.exp(ref_loss.mean())),
+            "perplexity_new": float(np.exp(new_loss.mean())),
+        },
+        "two_sample": test,
+        "vocabulary": vocab,
+        "settings": asdict(s),
+    }
+    write_text_atomic(Path(out) / "drift.json", json.dumps(result, indent=2, ensure_ascii=False))
+    return result

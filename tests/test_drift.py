@@ -1,0 +1,91 @@
+"""`lmvalue drift`: new text of the same kind is no drift, text of another kind is, with the evidence."""
+
+import json
+
+import pytest
+
+from lmvalue.cli import main
+from lmvalue.config import PretrainConfig, build_config
+from lmvalue.drift import DriftSettings, measure_drift, two_sample_test, words
+
+
+@pytest.fixture(scope="module")
+def reviews_lm(tmp_path_factory, zh_tokenizer_dir):
+    from lmvalue.pretraining import pretrain
+
+    out = tmp_path_factory.mktemp("drift") / "run"
+    over = {
+        "model.preset": "tiny",
+        "model.hidden": 64,
+        "model.heads": 2,
+        "model.ffn": 128,
+        "model.max_position_embeddings": 128,
+        "model.tokenizer": str(zh_tokenizer_dir),
+        "data.source": "demo:zh-reviews",
+        "data.max_docs": 1500,
+        "data.block_size": 64,
+        "train.output_dir": str(out),
+        "train.batch_size": 8,
+        "train.max_steps": 30,
+        "train.eval_every": 1000,
+        "train.lr": 2e-3,
+        "train.progress": False,
+        "train.threads": 1,
+    }
+    pretrain(build_config(PretrainConfig, overrides=over))
+    return out
+
+
+def test_same_kind_is_no_drift_another_kind_is(reviews_lm, reviews, tmp_path):
+    from itertools import islice
+
+    from lmvalue.data.sources import iter_texts
+
+    more_reviews = tmp_path / "reviews.txt"
+    more_reviews.write_text("\n".join(r["text"] for r in reviews[5000:5150]), encoding="utf-8")
+    news = tmp_path / "news.txt"
+    news.write_text(
+        "\n".join(islice((t for t in iter_texts("demo:zh-news") if len(t) > 10), 150)), encoding="utf-8"
+    )
+    s = DriftSettings(max_docs=150, permutations=30, alpha=0.05)
+    # the reference is the run's own corpus, read from its config.yaml
+    same = measure_drift(str(reviews_lm), str(more_reviews), None, str(tmp_path / "same"), s)
+    other = measure_drift(str(reviews_lm), str(news), None, str(tmp_path / "other"), s)
+    assert same["reference"] == "demo:zh-reviews"
+    assert not same["drift"] and same["two_sample"]["auc"] < 0.65, same["verdict"]
+    assert other["drift"] and other["two_sample"]["auc"] > 0.9, other["verdict"]
+    assert other["two_sample"]["p_value"] == pytest.approx(1 / 31)  # no shuffle reached the observed AUC
+    assert other["vocabulary"]["new_word_rate"] > same["vocabulary"]["new_word_rate"]
+    assert other["verdict"].startswith("DRIFT") and same["verdict"].startswith("no drift")
+    saved = json.loads((tmp_path / "other" / "drift.json").read_text(encoding="utf-8"))
+    assert saved["drift"] is True and saved["documents"] == {"reference": 150, "new": 150}
+    assert saved["lm_loss"]["ci95"][0] <= saved["lm_loss"]["difference"] <= saved["lm_loss"]["ci95"][1]
+
+
+def test_two_sample_test_on_known_distributions():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(80, 5)), rng.normal(size=(80, 5))
+    s = DriftSettings(permutations=20)
+    null = two_sample_test(a, b, s)
+    shifted = two_sample_test(a, b + 1.0, s)
+    assert null["p_value"] > 0.05 and 0.3 < null["auc"] < 0.7
+    assert shifted["auc"] > 0.9 and shifted["p_value"] == pytest.approx(1 / 21)
+    assert words("好的 Hello, world 123") == ["好", "的", "hello", "world"]
+
+
+def test_a_model_that_does_not_name_its_corpus_needs_a_reference(reviews_lm, tmp_path, capsys):
+    folder = tmp_path / "bare"
+    import shutil
+
+    shutil.copytree(reviews_lm / "model", folder)
+    (tmp_path / "new.txt").write_text("一\n" * 20, encoding="utf-8")
+    code = main(
+        ["drift", "--model", str(folder), "--new", str(tmp_path / "new.txt"), "-o", str(tmp_path / "d")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--reference" in err and "Traceback" not in err
+    code = main(["drift", "--model", str(reviews_lm), "--new", str(tmp_path / "new.txt"), "--permutations", "50"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--permutations 100 or more" in err
