@@ -86,6 +86,8 @@ def test_a_model_that_does_not_name_its_corpus_needs_a_reference(reviews_lm, tmp
     )
     err = capsys.readouterr().err
     assert code == 2 and "--reference" in err and "Traceback" not in err
-    code = main(["drift", "--model", str(reviews_lm), "--new", str(tmp_path / "new.txt"), "--permutations", "50"])
+    code = main(
+        ["drift", "--model", str(reviews_lm), "--new", str(tmp_path / "new.txt"), "--permutations", "50"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--permutations 100 or more" in err

@@ -178,6 +178,7 @@ def measure_drift(
             f"drift: with {s.permutations} permutations the smallest p-value is 1/{s.permutations + 1}, which can "
             f"never be below alpha={s.alpha}; use --permutations {int(1 / s.alpha)} or more"
         )
+    from_config = reference is None
     reference = reference or reference_source(model_path)
     if not reference:
         raise DataError(
@@ -188,7 +189,15 @@ def measure_drift(
     tokenizer = load_tokenizer(folder)
     model = _load_lm(folder)
     out = prepare_output_dir(output_dir)
-    ref_texts = sample_texts(reference, s.max_docs, s.seed, "--reference")
+    try:
+        ref_texts = sample_texts(reference, s.max_docs, s.seed, "--reference")
+    except DataError as e:
+        if not from_config:
+            raise
+        raise DataError(
+            f"drift: {model_path} was pretrained on {reference} (its config.yaml), which cannot be read from "
+            f"here ({str(e).splitlines()[0][:160]}); give the reference text with --reference"
+        ) from None
     new_texts = sample_texts(new, s.max_docs, s.seed + 1, "--new")
     log.info(
         "drift: %d reference and %d new documents through %s ...", len(ref_texts), len(new_texts), folder
