@@ -142,7 +142,8 @@ def held_out_loss(model, tokenizer, blocks: np.ndarray, pcfg: PretrainConfig) ->
         return float(objective.evaluate(model, batches)[f"eval_{name}_loss"])
 
 
-def _load_lm(path: str):
+def load_lm(path: str):
+    """A pretrained language model (masked or causal, by its config) from a run, folder or hub name, in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     from lmvalue.weights import resolve_checkpoint
@@ -244,7 +245,7 @@ def run_continual(cfg: ContinualConfig) -> dict:
 
     def evaluate_row(model_dir: str, label: str):
         tokenizer = load_tokenizer(model_dir)
-        model = _load_lm(model_dir)
+        model = load_lm(model_dir)
         losses = [held_out_loss(model, tokenizer, blocks_of(c, tokenizer).held_out, base) for c in corpora]
         matrix.append(losses)
         rows.append(label)

@@ -166,7 +166,7 @@ def bootstrap_mean_difference(
 def measure_drift(
     model_path: str, new: str, reference: str | None, output_dir: str, s: DriftSettings
 ) -> dict:
-    from lmvalue.continual import _load_lm
+    from lmvalue.continual import load_lm
     from lmvalue.files import prepare_output_dir, write_text_atomic
     from lmvalue.tokenizer import load_tokenizer
     from lmvalue.weights import resolve_checkpoint
@@ -187,7 +187,7 @@ def measure_drift(
         )
     folder = resolve_checkpoint(model_path)
     tokenizer = load_tokenizer(folder)
-    model = _load_lm(folder)
+    model = load_lm(folder)
     out = prepare_output_dir(output_dir)
     try:
         ref_texts = sample_texts(reference, s.max_docs, s.seed, "--reference")
