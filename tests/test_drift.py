@@ -91,3 +91,60 @@ def test_a_model_that_does_not_name_its_corpus_needs_a_reference(reviews_lm, tmp
     )
     err = capsys.readouterr().err
     assert code == 2 and "--permutations 100 or more" in err
+
+
+def test_a_serve_log_shows_its_predicted_label_shift(reviews_lm, reviews, tmp_path, capsys):
+    from lmvalue.config import FinetuneConfig
+    from lmvalue.finetuning import finetune
+
+    over = {
+        "method.name": "tfidf",
+        "budget.train_size": 300,
+        "data.test_size": 100,
+        "train.output_dir": str(tmp_path / "clf"),
+        "train.progress": False,
+    }
+    finetune(build_config(FinetuneConfig, overrides=over), train_examples=reviews[:1000])
+    # a request log (lmvalue serve --log-inputs): only negative reviews came in, logged as such
+    negative = [r["text"] for r in reviews[6000:8000] if r["label"] == "neg"][:120]
+    log = tmp_path / "seen.jsonl"
+    log.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "time": "t",
+                    "text": t,
+                    "prediction": [{"label": "neg", "score": 0.9}, {"label": "pos", "score": 0.1}],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for t in negative
+        ),
+        encoding="utf-8",
+    )
+    code = main(
+        [
+            "drift",
+            "--model",
+            str(reviews_lm),
+            "--new",
+            str(log),
+            "--task-model",
+            str(tmp_path / "clf"),
+            "--max-docs",
+            "120",
+            "--permutations",
+            "100",
+            "-o",
+            str(tmp_path / "d"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "d" / "drift.json").read_text(encoding="utf-8"))
+    shift = r["label_shift"]
+    assert shift["from_log"] == 120 and shift["new_share"] == {"neg": 1.0, "pos": 0.0}
+    assert 0.2 < shift["reference_share"]["neg"] < 0.8  # the classifier sees both classes in the reference
+    assert shift["p_value"] < 1e-6 and shift["total_variation"] > 0.2
+    assert "predicted labels neg" in out

@@ -419,7 +419,7 @@ def cmd_drift(args):
     from lmvalue.drift import DriftSettings, measure_drift
 
     settings = DriftSettings(max_docs=args.max_docs, permutations=args.permutations, seed=args.seed)
-    r = measure_drift(args.model, args.new, args.reference, args.output, settings)
+    r = measure_drift(args.model, args.new, args.reference, args.output, settings, task_model=args.task_model)
     print(r["verdict"])
     print(f"details: {Path(args.output) / 'drift.json'}")
 
@@ -728,6 +728,12 @@ def _add_drift_command(sub) -> None:
         "--reference",
         default=None,
         help="the text the model knows (default: the run's data.source from its config.yaml)",
+    )
+    p.add_argument(
+        "--task-model",
+        default=None,
+        help="a fine-tuned classifier: also compare its predicted-label distribution on the reference with the "
+        "new text's (the logged predictions when --new is a `lmvalue serve --log-inputs` file)",
     )
     p.add_argument(
         "--max-docs", type=int, default=500, help="documents sampled from each side (default: 500)"

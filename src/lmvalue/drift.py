@@ -163,8 +163,69 @@ def bootstrap_mean_difference(
     return float(b.mean() - a.mean()), float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
 
 
+def logged_predictions(source: str) -> dict[str, str]:
+    """text -> top predicted label, from a ``lmvalue serve --log-inputs`` file (JSON Lines with ``text`` and
+    ``prediction``); empty for any other source."""
+    path = Path(source)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return {}
+    out = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return {}
+            pred = row.get("prediction") if isinstance(row, dict) else None
+            if isinstance(pred, list) and pred and isinstance(pred[0], dict):
+                pred = max(pred, key=lambda p: p.get("score", 0.0))
+            if isinstance(pred, dict) and "label" in pred and isinstance(row.get("text"), str):
+                out[row["text"]] = str(pred["label"])
+    return out
+
+
+def label_shift(task_model: str, reference: list[str], new: list[str], logged: dict[str, str]) -> dict:
+    """The predicted-label distribution of the reference (by ``task_model``) against that of the new text
+    (its logged predictions where a serve log has them, else ``task_model``'s): a chi-square test of the
+    two count vectors and the total variation distance."""
+    from scipy.stats import chi2_contingency
+
+    from lmvalue.inference import load_task_model
+
+    task = load_task_model(task_model)
+    if task.spec.kind != "classification":
+        raise DataError(
+            f"--task-model {task_model}: label shift needs a text classifier, not a {task.spec.kind} model"
+        )
+
+    def predicted(texts: list[str]) -> list[str]:
+        return [p["label"] for p in task.predict([{"text": t} for t in texts])] if texts else []
+
+    todo = [t for t in new if t not in logged]
+    fresh = dict(zip(todo, predicted(todo), strict=True))
+    new_labels = [logged.get(t) or fresh[t] for t in new]
+    ref_labels = predicted(reference)
+    labels = sorted(set(ref_labels) | set(new_labels))
+    table = np.array([[ref_labels.count(lab) for lab in labels], [new_labels.count(lab) for lab in labels]])
+    p_value = float(chi2_contingency(table)[1]) if len(labels) > 1 else 1.0
+    share = table / table.sum(1, keepdims=True)
+    return {
+        "labels": labels,
+        "reference_share": dict(zip(labels, share[0].round(4).tolist(), strict=True)),
+        "new_share": dict(zip(labels, share[1].round(4).tolist(), strict=True)),
+        "total_variation": float(0.5 * np.abs(share[0] - share[1]).sum()),
+        "p_value": p_value,
+        "from_log": len(new) - len(todo),
+    }
+
+
 def measure_drift(
-    model_path: str, new: str, reference: str | None, output_dir: str, s: DriftSettings
+    model_path: str,
+    new: str,
+    reference: str | None,
+    output_dir: str,
+    s: DriftSettings,
+    task_model: str | None = None,
 ) -> dict:
     from lmvalue.continual import load_lm
     from lmvalue.files import prepare_output_dir, write_text_atomic
@@ -208,6 +269,7 @@ def measure_drift(
     diff = bootstrap_mean_difference(ref_loss, new_loss, s.seed)
     test = two_sample_test(ref_feats, new_feats, s)
     vocab = vocabulary_shift(ref_texts, new_texts, tokenizer)
+    labels = label_shift(task_model, ref_texts, new_texts, logged_predictions(new)) if task_model else None
     drift = test["p_value"] < s.alpha and test["auc"] >= s.min_auc
     evidence = (
         f"a classifier tells the new text from the reference with AUC {test['auc']:.3f} "
@@ -217,6 +279,15 @@ def measure_drift(
         f"{np.exp(new_loss.mean()):.1f}); {vocab['new_word_rate']:.1%} of the new text's words are unseen in the "
         f"reference, [UNK] {vocab['unk_rate_reference']:.2%} -> {vocab['unk_rate_new']:.2%}"
     )
+    if labels:
+        shares = ", ".join(
+            f"{lab} {labels['reference_share'][lab]:.0%} -> {labels['new_share'][lab]:.0%}"
+            for lab in labels["labels"]
+        )
+        evidence += (
+            f"; predicted labels {shares} (total variation {labels['total_variation']:.2f}, "
+            f"chi-square p = {labels['p_value']:.3g})"
+        )
     verdict = (
         ("DRIFT: " if drift else "no drift: ")
         + evidence
@@ -243,6 +314,7 @@ def measure_drift(
         },
         "two_sample": test,
         "vocabulary": vocab,
+        "label_shift": labels,
         "settings": asdict(s),
     }
     write_text_atomic(Path(out) / "drift.json", json.dumps(result, indent=2, ensure_ascii=False))
