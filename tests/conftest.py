@@ -19,6 +19,19 @@ TINY_MODEL = {
 }
 
 
+def write_balanced_reviews(path, per_class: int):
+    """The first ``per_class`` positive and negative reviews of demo:zh-reviews as JSON Lines at ``path``."""
+    import json
+
+    from lmvalue.data.sources import load_labeled
+
+    rows = load_labeled("demo:zh-reviews")
+    pos = [r for r in rows if r["label"] == "pos"][:per_class]
+    neg = [r for r in rows if r["label"] == "neg"][:per_class]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pos + neg), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def zh_tokenizer_dir(tmp_path_factory):
     """A small wordpiece tokenizer trained on 2,000 reviews of demo:zh-reviews."""

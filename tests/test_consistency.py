@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.conftest import TINY_MODEL
 
 from lmvalue.config import FinetuneConfig, build_config
 from lmvalue.errors import ConfigError
@@ -134,11 +135,7 @@ def test_fine_tuning_with_consistency_runs_and_never_reads_a_test_text(reviews, 
         "\n".join(extra + [r["text"] for r in pool]), encoding="utf-8"
     )  # labeled + test texts too
     over = {
-        "model.preset": "tiny",
-        "model.hidden": 64,
-        "model.heads": 2,
-        "model.ffn": 128,
-        "model.max_position_embeddings": 128,
+        **TINY_MODEL,
         "model.from_scratch": True,
         "model.tokenizer": str(char_tokenizer_dir),
         "data.test_size": 200,
@@ -169,17 +166,15 @@ def test_fine_tuning_with_consistency_runs_and_never_reads_a_test_text(reviews, 
 
 
 def test_a_uda_arm_in_a_study_trains_on_the_unlabeled_pool(tmp_path):
-    import json
+
+    from tests.conftest import write_balanced_reviews
 
     from lmvalue.data.sources import load_labeled
     from lmvalue.value.registry import Registry
     from lmvalue.value.study import StudyConfig, run_study
 
     rows = load_labeled("demo:zh-reviews")
-    pos = [r for r in rows if r["label"] == "pos"][:100]
-    neg = [r for r in rows if r["label"] == "neg"][:100]
-    data = tmp_path / "reviews.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pos + neg), encoding="utf-8")
+    data = write_balanced_reviews(tmp_path / "reviews.jsonl", 100)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(r["text"] for r in rows[5000:5600]), encoding="utf-8")
     cfg = StudyConfig(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from tests.conftest import TINY_MODEL
 
 from lmvalue.cli import main
 from lmvalue.config import PretrainConfig, build_config
@@ -15,11 +16,7 @@ def reviews_lm(tmp_path_factory, zh_tokenizer_dir):
 
     out = tmp_path_factory.mktemp("drift") / "run"
     over = {
-        "model.preset": "tiny",
-        "model.hidden": 64,
-        "model.heads": 2,
-        "model.ffn": 128,
-        "model.max_position_embeddings": 128,
+        **TINY_MODEL,
         "model.tokenizer": str(zh_tokenizer_dir),
         "data.source": "demo:zh-reviews",
         "data.max_docs": 1500,

@@ -1,7 +1,6 @@
 """Public checkpoints in a value study (issue 17): pkg: names, the out-of-domain control, the two sources
 of value in the report, cheap transfer (probe, LoRA) of checkpoints, and a probe that reads long texts."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +83,11 @@ def public_checkpoint(tmp_path, zh_tokenizer_dir):
 def test_a_study_states_the_two_sources_of_value(public_checkpoint, tmp_path):
     """scratch / checkpoint: / continued: (in-domain and on another corpus) on a tiny local checkpoint, with
     the cheap transfer routes (probe, LoRA): real cells, and the report's two value lines."""
-    from lmvalue.data.sources import load_labeled
+    from tests.conftest import write_balanced_reviews
+
     from lmvalue.value.registry import Registry
 
-    rows = load_labeled("demo:zh-reviews")
-    pos = [r for r in rows if r["label"] == "pos"][:120]
-    neg = [r for r in rows if r["label"] == "neg"][:120]
-    data = tmp_path / "reviews.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pos + neg), encoding="utf-8")
+    data = write_balanced_reviews(tmp_path / "reviews.jsonl", 120)
     other = tmp_path / "other.txt"  # another corpus: People's Daily-like news would do; any other text
     other.write_text(
         "\n".join(f"第{i}条新闻：今天的天气很好，会议在北京举行。" for i in range(300)), encoding="utf-8"

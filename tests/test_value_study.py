@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import write_balanced_reviews
 
 from lmvalue.errors import ConfigError, LmvalueError
 from lmvalue.value.registry import Registry
@@ -33,14 +34,7 @@ run_study(cfg, cell_runner=runner)
 
 @pytest.fixture()
 def labeled_csv(tmp_path):
-    from lmvalue.data.sources import load_labeled
-
-    rows = load_labeled("demo:zh-reviews")
-    pos = [r for r in rows if r["label"] == "pos"][:150]
-    neg = [r for r in rows if r["label"] == "neg"][:150]
-    path = tmp_path / "reviews.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pos + neg), encoding="utf-8")
-    return path
+    return write_balanced_reviews(tmp_path / "reviews.jsonl", 150)
 
 
 def study_kwargs(labeled_csv, out) -> dict:

@@ -94,34 +94,59 @@ def vocabulary_shift(reference: list[str], new: list[str], tokenizer) -> dict:
     }
 
 
-def document_losses(model, tokenizer, texts: list[str], s: DriftSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Per-document LM loss (masked LM: a ``mask_rate`` share of the tokens masked with a seeded generator;
-    a decoder: next-token loss) and mean-pooled last hidden states, shape (N,) and (N, C)."""
+def document_losses(
+    model, tokenizer, texts: list[str], s: DriftSettings, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document LM loss (masked LM: a ``mask_rate`` share of the tokens masked, drawn document by document
+    from a seeded generator; a decoder: next-token loss) and mean-pooled last hidden states, shape (N,) and
+    (N, C). Documents run in padded batches; a document's masks do not depend on its batch."""
+    import torch.nn.functional as F
+
     decoder = tokenizer.mask_token_id is None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     g = torch.Generator().manual_seed(s.seed)
-    losses, feats = [], []
     specials = set(tokenizer.all_special_ids)
+    encoded = tokenizer(texts, truncation=True, max_length=s.max_length)["input_ids"]
+    inputs, targets = (
+        [],
+        [],
+    )  # per document: the ids the model reads, and the ids it must predict (-100: none)
+    for ids in encoded:
+        ids = torch.tensor(ids)
+        if decoder:
+            inputs.append(ids)
+            targets.append(ids.clone())
+            continue
+        ordinary = torch.tensor([i not in specials for i in ids.tolist()])
+        hit = (torch.rand(ids.shape, generator=g) < s.mask_rate) & ordinary
+        if not hit.any() and ordinary.any():  # every document counts: at least one masked token
+            hit[int(ordinary.nonzero()[0])] = True
+        inputs.append(torch.where(hit, torch.full_like(ids, tokenizer.mask_token_id), ids))
+        targets.append(torch.where(hit, ids, torch.full_like(ids, -100)))
+    losses, feats = np.full(len(texts), np.nan), np.zeros((len(texts), model.config.hidden_size), np.float32)
     with torch.inference_mode():
-        for text in texts:
-            ids = torch.tensor(
-                [tokenizer(text, truncation=True, max_length=s.max_length)["input_ids"]]
-            )  # (1, T)
-            if decoder:
-                out = model(input_ids=ids, labels=ids, output_hidden_states=True)
-                loss = float(out.loss) if ids.shape[1] > 1 else float("nan")
-            else:
-                ordinary = torch.tensor([[i not in specials for i in ids[0].tolist()]])
-                hit = (torch.rand(ids.shape, generator=g) < s.mask_rate) & ordinary
-                if not hit.any() and ordinary.any():  # every document counts: at least one masked token
-                    hit[0, int(ordinary[0].nonzero()[0])] = True
-                masked = ids.clone()
-                masked[hit] = tokenizer.mask_token_id
-                labels = torch.where(hit, ids, torch.full_like(ids, -100))
-                out = model(input_ids=masked, labels=labels, output_hidden_states=True)
-                loss = float(out.loss) if hit.any() else float("nan")
-            losses.append(loss)
-            feats.append(out.hidden_states[-1][0].mean(0).float().numpy())
-    return np.array(losses), np.stack(feats)
+        for start in range(0, len(texts), batch_size):
+            rows = range(start, min(start + batch_size, len(texts)))
+            width = max(len(inputs[i]) for i in rows)
+            x = torch.full((len(rows), width), pad)  # (B, T)
+            y = torch.full((len(rows), width), -100)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for b, i in enumerate(rows):
+                n = len(inputs[i])
+                x[b, :n], y[b, :n], mask[b, :n] = inputs[i], targets[i], 1
+            out = model(input_ids=x, attention_mask=mask, output_hidden_states=True)
+            logits = out.logits.float()  # (B, T, V)
+            if decoder:  # predict token t+1 from the tokens up to t
+                logits, y = logits[:, :-1], y[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="none")  # (B, T')
+            counted = (y != -100).sum(1)
+            doc = ce.sum(1) / counted.clamp(min=1)
+            h = out.hidden_states[-1].float()  # (B, T, C)
+            pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            for b, i in enumerate(rows):
+                losses[i] = float(doc[b]) if counted[b] > 0 else np.nan
+                feats[i] = pooled[b].numpy()
+    return losses, feats
 
 
 def two_sample_test(ref_feats: np.ndarray, new_feats: np.ndarray, s: DriftSettings) -> dict:

@@ -98,9 +98,10 @@ def augment_ids(
         ids[hit] = mask_id
         return ids, attention_mask.clone()
     if kind in ("random", "mask"):  # a tokenizer without a mask token: random replacement
-        n = int(hit.sum())
-        low = max(special_ids | {0}) + 1 if special_ids else 0
-        ids[hit] = torch.randint(min(low, vocab_size - 1), vocab_size, (n,), generator=generator)
+        drawn = torch.randint(0, vocab_size, ids.shape, generator=generator)
+        for sid in special_ids:  # a special token drawn leaves the token as it was
+            hit &= drawn != sid
+        ids[hit] = drawn[hit]
         return ids, attention_mask.clone()
     # drop: keep the tokens not hit, left-aligned, padded again
     keep = attention_mask.bool() & ~hit

@@ -7,6 +7,7 @@ import dataclasses
 import html
 import io
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -385,8 +386,6 @@ def verdict(summary: dict, *, corpus_desc: str = "your unlabeled text", focus_bu
 
 def _own_corpus(arm: str) -> str | None:
     """The corpus a ``continued:X@data.source=OTHER`` arm continued on (its out-of-domain control)."""
-    import re
-
     m = re.search(r"@(?:[^@]*,)?data\.source=([^,]+?)(?:,|/[A-Za-z0-9-]+$|$)", arm)
     return m.group(1) if m else None
 
