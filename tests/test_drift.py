@@ -145,3 +145,26 @@ def test_a_serve_log_shows_its_predicted_label_shift(reviews_lm, reviews, tmp_pa
     assert 0.2 < shift["reference_share"]["neg"] < 0.8  # the classifier sees both classes in the reference
     assert shift["p_value"] < 1e-6 and shift["total_variation"] > 0.2
     assert "predicted labels neg" in out
+
+
+def test_two_sample_p_value_is_uniform_under_the_null():
+    """Same-distribution samples: the permutation p-value is (discretely) uniform, so a 0.05 level
+    rejects about 5% of the time and the p-values spread over [0, 1]."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    p = []
+    for sim in range(60):
+        a, b = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+        p.append(two_sample_test(a, b, DriftSettings(permutations=19, seed=sim))["p_value"])
+    p = np.array(p)
+    assert (p <= 0.05).mean() <= 0.15  # 5% expected; 0.15 is 2.8 binomial standard errors above
+    assert 0.35 < p.mean() < 0.65  # uniform on {1/20, ..., 1}: mean 0.525
+    assert 0.3 < (p <= 0.5).mean() < 0.7
+    shifted = [
+        two_sample_test(
+            rng.normal(size=(40, 3)), rng.normal(size=(40, 3)) + 0.8, DriftSettings(permutations=19)
+        )
+        for _ in range(5)
+    ]
+    assert all(r["p_value"] <= 0.05 for r in shifted)  # and it has power against a real shift

@@ -12,11 +12,11 @@ PACKAGE = Path(lmvalue.__file__).parent
 LAYERS = [
     ("lmvalue", "lmvalue.errors", "lmvalue.files", "lmvalue.plotting", "lmvalue.dropout"),
     ("lmvalue.config", "lmvalue.data", "lmvalue.tokenizer", "lmvalue.attention"),
-    ("lmvalue.weights", "lmvalue.checkpoint", "lmvalue.models", "lmvalue.vector_init"),
+    ("lmvalue.weights", "lmvalue.checkpoint", "lmvalue.models", "lmvalue.vector_init", "lmvalue.versions"),
     ("lmvalue.objectives", "lmvalue.methods", "lmvalue.tasks"),
     ("lmvalue.loop", "lmvalue.inference", "lmvalue.transfer", "lmvalue.prompting", "lmvalue.generate"),
     ("lmvalue.pretraining", "lmvalue.finetuning", "lmvalue.prompting.training"),
-    ("lmvalue.continual", "lmvalue.value", "lmvalue.serve", "lmvalue.drift"),
+    ("lmvalue.continual", "lmvalue.value", "lmvalue.serve", "lmvalue.drift", "lmvalue.refresh"),
     ("lmvalue.cli",),
 ]
 

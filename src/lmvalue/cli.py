@@ -424,6 +424,92 @@ def cmd_drift(args):
     print(f"details: {Path(args.output) / 'drift.json'}")
 
 
+def _key_values(pairs: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE settings (e.g. {flag} train.lr=3e-4), got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_refresh(args):
+    from lmvalue.refresh import RefreshSettings, run_refresh
+
+    settings = RefreshSettings(
+        model=args.model,
+        new=args.new,
+        output=args.output,
+        pretrain_run=args.pretrain_run,
+        old_corpus=args.old_corpus,
+        data=args.data,
+        new_labels=args.new_labels,
+        new_test=args.new_test,
+        steps=args.steps,
+        minutes=args.minutes,
+        replay=args.replay,
+        tolerance=args.tolerance,
+        confidence=args.confidence,
+        seed=args.seed,
+        registry=args.registry,
+        pretrain=_key_values(args.pretrain, "--pretrain"),
+        finetune=_key_values(args.finetune, "--finetune"),
+        overwrite=args.overwrite,
+    )
+    r = run_refresh(settings)
+    metric = r["metric"]
+    for name, key in (("original test split", "original_test"), ("new domain", "new_domain")):
+        c = r[key]
+        if c:
+            print(
+                f"{name}: {metric} {c['old']:.2f} -> {c['new']:.2f} ({c['difference']:+.2f}, "
+                f"{c['level']:.0%} CI {c['low']:+.2f} to {c['high']:+.2f}; {c['examples']} examples)"
+            )
+    comp = r["compute"]
+    print(
+        f"compute: {comp['pretrain_steps']} pretraining steps in {comp['pretrain_seconds']:.0f} s, "
+        f"fine-tuning {comp['finetune_seconds']:.0f} s, {comp['total_seconds']:.0f} s in all"
+    )
+    print(r["verdict"])
+    print(f"details: {Path(args.output) / 'refresh.json'}")
+
+
+def cmd_registry(args):
+    from lmvalue import versions
+
+    if args.action == "add":
+        if not args.model:
+            raise ConfigError("lmvalue registry add needs --model RUN (a fine-tuning run or model folder)")
+        name = versions.add_version(
+            args.registry, args.model, note=args.note or "", make_current=not args.no_current
+        )
+        print(f"{args.model} is {name} of {args.registry}" + ("" if args.no_current else " (current)"))
+    elif args.action == "rollback":
+        before, now = versions.rollback(args.registry, args.to)
+        print(f"current: {before} -> {now}")
+    elif args.action == "set":
+        if not args.to:
+            raise ConfigError("lmvalue registry set needs --to vN")
+        versions.set_current(args.registry, args.to)
+        print(f"current: {args.to}")
+    else:
+        for v in versions.list_versions(args.registry):
+            m = v.get("metrics") or {}
+            score = ""
+            if m.get("test_score") is not None:
+                score = f"{m.get('metric', 'score')} {m['test_score']:.4f}"
+            elif m.get("new_domain"):
+                score = (
+                    f"new domain {m['new_domain']['new']:.2f}, original test {m['original_test']['new']:.2f}"
+                )
+            mark = "*" if v["current"] else " "
+            parents = ",".join(v.get("parents") or []) or "-"
+            print(
+                f"{mark} {v['version']:5s} {v['created']}  parents {parents:8s} {score}  {v.get('note', '')}"
+            )
+
+
 def cmd_serve(args):
     try:
         import fastapi  # noqa: F401
@@ -452,14 +538,15 @@ def cmd_serve(args):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     if settings.max_wait_ms < 0:
         raise ConfigError("--max-wait-ms must be >= 0")
-    task = load_task_model(args.model, trust_pickle=args.trust_pickle)  # a bad folder fails before binding
+    from lmvalue.versions import resolve_model
+
+    model = str(resolve_model(args.model))  # a registry: its current version, now and for /info
+    task = load_task_model(model, trust_pickle=args.trust_pickle)  # a bad folder fails before binding
     if args.log_inputs:
         from lmvalue.files import check_output_file
 
         check_output_file(args.log_inputs, flag="--log-inputs")
-    serve(
-        args.model, host=args.host, port=args.port, settings=settings, access_log=args.access_log, task=task
-    )
+    serve(model, host=args.host, port=args.port, settings=settings, access_log=args.access_log, task=task)
 
 
 def cmd_prompt(args):
@@ -779,6 +866,82 @@ def _add_prompt_command(sub) -> None:
     p.set_defaults(func=cmd_prompt)
 
 
+def _add_refresh_command(sub) -> None:
+    p = sub.add_parser(
+        "refresh",
+        help="continue pretraining on new text, re-fine-tune, promote only if it pays",
+        description="Refresh a deployed fine-tuned model: continue pretraining its encoder on new text "
+        "(with replay of its old corpus), re-fine-tune with the run's own recipe (plus --new-labels), "
+        "compare old and refreshed model with paired bootstrap CIs, and promote only if the refreshed one "
+        "is better on the new domain and not worse beyond --tolerance on the original test split. "
+        "See docs/refresh.md.",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="the deployed fine-tuning run folder, or a registry (its current version)",
+    )
+    p.add_argument("--new", required=True, help="new unlabeled text (any --data source of lmvalue pretrain)")
+    p.add_argument(
+        "--new-test", default=None, help="labeled new-domain sample to compare on (needed to promote)"
+    )
+    p.add_argument("--new-labels", default=None, help="new labeled examples added to the training split")
+    p.add_argument(
+        "--pretrain-run", default=None, help="the encoder to continue (default: the run's model.init_from)"
+    )
+    p.add_argument(
+        "--old-corpus", default=None, help="corpus to replay (default: the pretraining run's data.source)"
+    )
+    p.add_argument(
+        "--data", default=None, help="the run's labeled data, if it moved (default: its data.source)"
+    )
+    p.add_argument("--steps", type=int, default=300, help="continued pretraining steps (default 300)")
+    p.add_argument("--minutes", type=float, default=None, help="and/or a time budget in minutes")
+    p.add_argument(
+        "--replay", type=float, default=0.2, help="share of every batch from the old corpus (default 0.2)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1.0,
+        help="points the original test score may lose (lower CI end), default 1.0",
+    )
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="level of the paired bootstrap CIs (default 0.95)"
+    )
+    p.add_argument(
+        "--registry", default=None, help="model registry folder: a promoted model becomes its next version"
+    )
+    p.add_argument("--pretrain", nargs="+", metavar="KEY=VALUE", help="settings of the continued pretraining")
+    p.add_argument("--finetune", nargs="+", metavar="KEY=VALUE", help="settings of the re-fine-tuning")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace what -o holds")
+    p.add_argument(
+        "--output", "-o", default="runs/refresh", help="folder for the refresh (default runs/refresh)"
+    )
+    p.set_defaults(func=cmd_refresh)
+
+
+def _add_registry_command(sub) -> None:
+    p = sub.add_parser(
+        "registry",
+        help="model versions: list, add, roll back",
+        description="A registry folder holds versions v1/, v2/, ... of a fine-tuned model, a current pointer "
+        "that lmvalue serve --model REGISTRY serves, and each version's lineage. Every change is atomic. "
+        "See docs/refresh.md.",
+    )
+    p.add_argument("action", choices=("list", "add", "rollback", "set"), help="what to do")
+    p.add_argument("registry", help="the registry folder")
+    p.add_argument("--model", "-m", default=None, help="add: the fine-tuning run (or model folder) to add")
+    p.add_argument(
+        "--to", default=None, help="rollback/set: the version to make current (rollback: default its parent)"
+    )
+    p.add_argument("--note", default=None, help="add: a note kept with the version")
+    p.add_argument("--no-current", action="store_true", help="add: keep the current version as it is")
+    p.set_defaults(func=cmd_registry)
+
+
 def _add_serve_command(sub) -> None:
     p = sub.add_parser(
         "serve",
@@ -788,7 +951,10 @@ def _add_serve_command(sub) -> None:
         "batched. See docs/serving.md.",
     )
     p.add_argument(
-        "--model", "-m", required=True, help="model folder (a fine-tuning run's model/ or merged/)"
+        "--model",
+        "-m",
+        required=True,
+        help="model folder (a fine-tuning run, its model/ or merged/), or a model registry (its current version)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -835,6 +1001,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_command(sub)
     _add_continual_command(sub)
     _add_drift_command(sub)
+    _add_refresh_command(sub)
+    _add_registry_command(sub)
     _add_prompt_command(sub)
     _add_serve_command(sub)
     return parser

@@ -216,7 +216,9 @@ def load_task_model(path: str | Path, *, batch_size: int = 64, trust_pickle: boo
             + with_option("train.batch_size", "64")
         )
     torch.set_flush_denormal(True)  # see lmvalue.finetuning.finetune: subnormals are ~100x slower on CPU
-    folder = Path(path)
+    from lmvalue.versions import resolve_model
+
+    folder = resolve_model(path)  # a model registry: its current version
     if (
         (folder / "model").is_dir()
         and not (folder / "config.json").is_file()

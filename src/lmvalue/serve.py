@@ -198,7 +198,11 @@ class Server:
             import torch
 
             torch.set_num_threads(self.settings.threads)
+        from lmvalue.versions import is_registry, resolve_model
+
         try:
+            # a registry is resolved once, here: the version loaded is the version /info names
+            self.model_path = str(resolve_model(self.model_path))
             if self.task is None:
                 self.task = load_task_model(self.model_path, trust_pickle=self.settings.trust_pickle)
         except Exception as e:  # shown by /health and /info; the server keeps answering
@@ -221,6 +225,8 @@ class Server:
             "lmvalue_version": __version__,
             "limits": asdict(self.settings) | {"log_inputs": bool(self.settings.log_inputs)},
         }
+        if is_registry(folder.parent):  # a version of a model registry
+            self.info.update(registry=str(folder.parent), version=folder.name)
         if self.settings.log_inputs:
             self._log = open(self.settings.log_inputs, "a", encoding="utf-8")  # noqa: SIM115 - closed on shutdown
 
