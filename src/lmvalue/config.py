@@ -121,10 +121,21 @@ class DataConfig:
     cache: bool = _f(
         True,
         "tokenize the corpus once into the token cache and memory-map it (and its packed blocks) in "
-        "later runs; keyed on the tokenizer and the text, so edits are never missed. Used for packed "
-        "objectives without word annotations (mlm, clm); others tokenize in memory",
+        "later runs; keyed on the tokenizer and the text, so edits are never missed. Objectives that "
+        "need word or sentence annotations (wwm, span, nsp, sop, tags) cache them beside the ids",
     )
     cache_dir: str | None = _f(None, "token cache folder (default: $LMVALUE_CACHE or ~/.cache/lmvalue)")
+    tokenize_workers: int = _f(
+        0,
+        "processes that segment (jieba) and tokenize a corpus for the annotated token cache "
+        "(0: one per core, at most 8; 1: this process only); the result is the same for any number",
+    )
+    jieba_hmm: bool = _f(
+        True, "whole words of Chinese text: let jieba's HMM find words not in its dictionary"
+    )
+    jieba_user_dict: str | None = _f(
+        None, "whole words of Chinese text: a jieba user dictionary (one 'word [freq] [tag]' per line)"
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -136,6 +147,13 @@ class DataConfig:
             out.append(f"data.eval_fraction={self.eval_fraction} must be in (0, 0.5)")
         if self.num_workers < 0:
             out.append("data.num_workers must be >= 0")
+        if self.tokenize_workers < 0:
+            out.append("data.tokenize_workers must be >= 0 (0: one per core)")
+        if self.jieba_user_dict and not Path(self.jieba_user_dict).expanduser().is_file():
+            out.append(
+                f"data.jieba_user_dict={self.jieba_user_dict!r} is not a file; give the path of a jieba "
+                "user dictionary or leave it unset"
+            )
         return out
 
 

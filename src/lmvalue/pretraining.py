@@ -13,7 +13,8 @@ import numpy as np
 
 from lmvalue.checkpoint import RunDir, finish_run, mark_failed, read_json, run_info, write_json_atomic
 from lmvalue.config import PretrainConfig, save_yaml
-from lmvalue.data.annotate import TokenizedCorpus, join_words, tokenize_annotated
+from lmvalue.data.annotate import Segmenter, TokenizedCorpus, join_words, tokenize_annotated
+from lmvalue.data.annotated import AnnotatedCache, cached_annotated, cached_annotated_blocks, cached_pairs
 from lmvalue.data.layout import layout_rows
 from lmvalue.data.packing import BlockBatches, eval_batches, pack_blocks, split_documents
 from lmvalue.data.shards import TokenCache, cached_blocks, cached_tokens
@@ -120,7 +121,7 @@ class PretrainingData:
     tag_labels: list[str] | None
     seed: int
     stats: dict = field(default_factory=dict)
-    token_cache: TokenCache | None = None  # the corpus is memory-mapped from the token cache
+    token_cache: TokenCache | AnnotatedCache | None = None  # the corpus is memory-mapped from the token cache
     cache_dir: str | None = None
     _cache: dict = field(default_factory=dict)
 
@@ -129,7 +130,32 @@ class PretrainingData:
         key = epoch if self.layout["pair_kind"] else 0
         if key not in self._cache:
             self._cache.clear()  # one epoch at a time
-            if self.token_cache is not None and not self.layout["pair_kind"] and not self.corpus.fields:
+            if isinstance(self.token_cache, AnnotatedCache):
+                # Rows streamed from the annotated cache into the cache, read a few rows per batch.
+                lay = self.layout
+                if lay["pair_kind"]:
+                    rows = cached_pairs(
+                        self.token_cache,
+                        self.train_docs,
+                        lay["block_size"],
+                        kind=lay["pair_kind"],
+                        seed=(self.seed, key),
+                        cls_id=lay["cls_id"],
+                        sep_id=lay["sep_id"],
+                        pad_id=lay["pad_id"],
+                        cache_dir=self.cache_dir,
+                    )
+                else:
+                    rows = cached_annotated_blocks(
+                        self.token_cache,
+                        self.train_docs,
+                        lay["block_size"],
+                        sep_id=lay["sep_id"],
+                        cls_id=lay["cls_id"],
+                        cache_dir=self.cache_dir,
+                    )
+                self._cache[key] = rows
+            elif self.token_cache is not None and not self.layout["pair_kind"] and not self.corpus.fields:
                 blocks = cached_blocks(
                     self.token_cache,
                     self.train_docs,
@@ -167,10 +193,35 @@ def _read_corpus(
         fields.append("word_start")
     if "pairs" in needs:
         fields.append("segment_start")
-    word_tags = tag_labels = None
+    d = cfg.data
+    segmenter = Segmenter(hmm=d.jieba_hmm, user_dict=d.jieba_user_dict)
     if "tags" in needs:
         fields.append("tag_labels")
-        d = cfg.data
+    if d.cache and getattr(tokenizer, "backend_tokenizer", None) is not None:
+        kwargs = source_kwargs(cfg)
+
+        def stream():
+            if "tags" in needs:
+                return load_tagged_texts(d.source, encoding=d.encoding, errors=d.errors, max_docs=d.max_docs)
+            return iter_texts(d.source, **kwargs)
+
+        try:
+            entry, stats = cached_annotated(
+                stream,
+                tokenizer,
+                fields=fields,
+                segmenter=segmenter,
+                cache_dir=d.cache_dir,
+                workers=d.tokenize_workers or None,
+                progress=cfg.train.progress,
+            )
+        except DataError:
+            if "tags" not in needs:
+                load_texts(d.source, **source_kwargs(cfg))  # the source's own message for an empty corpus
+            raise
+        return entry.corpus(), entry.tag_labels, entry.info["characters"], entry, stats
+    word_tags = tag_labels = None
+    if "tags" in needs:
         tagged = list(load_tagged_texts(d.source, encoding=d.encoding, errors=d.errors, max_docs=d.max_docs))
         tag_labels = sorted({t for _, tags in tagged for t in tags})
         index = {t: i for i, t in enumerate(tag_labels)}
@@ -183,7 +234,7 @@ def _read_corpus(
     else:
         texts = load_texts(cfg.data.source, **source_kwargs(cfg))
     t0 = time.perf_counter()
-    corpus = tokenize_annotated(texts, tokenizer, fields=fields, word_tags=word_tags)
+    corpus = tokenize_annotated(texts, tokenizer, fields=fields, word_tags=word_tags, segmenter=segmenter)
     dt = time.perf_counter() - t0
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     stats = {"hit": False, "tokenize_s": round(dt, 3), "mb_per_s": round(n_bytes / 1e6 / max(dt, 1e-9), 2)}
@@ -210,13 +261,12 @@ def prepare_data(cfg: PretrainConfig, tokenizer, needs: set[str] | None = None) 
         pad_id=tokenizer.pad_token_id,
         pair_kind=pair_kind(cfg.objective.names),
     )
-    packed_eval_docs = eval_docs
-    if token_cache is not None:
-        # Only the documents of the first eval_max_blocks blocks (the same blocks as without the
-        # cache): reading every held-out document of a memory-mapped corpus would map most of it.
-        need = (limit + 1) * bs
-        covered = np.cumsum(corpus.offsets[eval_docs + 1] - corpus.offsets[eval_docs] + 1)
-        packed_eval_docs = eval_docs[: int(np.searchsorted(covered, need)) + 1]
+    # Only the documents of the first eval_max_blocks blocks (sentence pairs: of four times as many
+    # tokens, as pairs are padded): reading every held-out document of a memory-mapped corpus would
+    # map most of it. With or without the cache, so that both evaluate on the same rows.
+    need = (limit + 1) * bs * (4 if layout["pair_kind"] else 1)
+    covered = np.cumsum(corpus.offsets[eval_docs + 1] - corpus.offsets[eval_docs] + 1)
+    packed_eval_docs = eval_docs[: int(np.searchsorted(covered, need)) + 1]
     held_out = layout_rows(corpus, packed_eval_docs, seed=(cfg.train.seed, 10**6), **layout)
     if len(held_out["input_ids"]) == 0:
         raise DataError(

@@ -74,22 +74,68 @@ def join_words(words: Sequence[str]) -> tuple[str, np.ndarray]:
     return "".join(parts), starts
 
 
-def _jieba_lengths(text: str) -> np.ndarray:
+@dataclass(frozen=True)
+class Segmenter:
+    """How Chinese text is cut into whole words (``jieba``), part of the token cache's key.
+
+    Args:
+        hmm: let jieba's HMM find words that are not in its dictionary (jieba's default).
+        user_dict: a jieba user dictionary (one ``word [frequency] [tag]`` per line) with the
+            domain's words, so that product names or jargon are masked as one unit.
+    """
+
+    hmm: bool = True
+    user_dict: str | None = None
+
+    def fingerprint(self) -> str:
+        """Everything that decides the words: jieba's version, the settings, the dictionary's bytes."""
+        import hashlib
+
+        import jieba
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"jieba {jieba.__version__} hmm={self.hmm}".encode())
+        if self.user_dict:
+            with open(self.user_dict, "rb") as f:
+                h.update(f.read())
+        return h.hexdigest()
+
+
+_JIEBA: dict[str | None, object] = {}  # user dictionary -> its jieba.Tokenizer (loaded once per process)
+
+
+def _jieba(user_dict: str | None):
     import jieba
 
-    return np.fromiter(map(len, jieba.cut(text, HMM=True)), dtype=np.int32)
+    if user_dict not in _JIEBA:
+        jieba.setLogLevel(logging.WARNING)
+        if user_dict is None:
+            jieba.initialize()
+            _JIEBA[None] = jieba.dt
+        else:
+            tok = jieba.Tokenizer()
+            tok.initialize()
+            tok.load_userdict(user_dict)
+            _JIEBA[user_dict] = tok
+    return _JIEBA[user_dict]
 
 
-def segment_words(texts: list[str], *, processes: int | None = None) -> list[np.ndarray | None]:
+def _jieba_lengths(text: str, segmenter: Segmenter = Segmenter()) -> np.ndarray:
+    cut = _jieba(segmenter.user_dict).cut(text, HMM=segmenter.hmm)
+    return np.fromiter(map(len, cut), dtype=np.int32)
+
+
+def segment_words(
+    texts: list[str], *, processes: int | None = None, segmenter: Segmenter | None = None
+) -> list[np.ndarray | None]:
     """Character offsets where each ``jieba`` word begins, per document (None without CJK text).
 
     ``jieba`` is pure Python (~3 s per million characters), so large corpora are segmented by
-    several processes (forked after the dictionary is loaded, so it is not loaded again).
+    several processes (forked after the dictionary is loaded, so it is not loaded again);
+    ``processes=1`` keeps it in this process. A document's words do not depend on the others.
     """
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
+    segmenter = segmenter or Segmenter()
+    _jieba(segmenter.user_dict)
     docs = [d for d, text in enumerate(texts) if has_cjk(text)]
     n_chars = sum(len(texts[d]) for d in docs)
     workers = min(processes or os.cpu_count() or 1, 8) if n_chars > 300_000 and sys.platform == "linux" else 1
@@ -97,9 +143,9 @@ def segment_words(texts: list[str], *, processes: int | None = None) -> list[np.
     joined = ["\n".join(texts[d] for d in group) for group in groups]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            lengths = pool.map(_jieba_lengths, joined)
+            lengths = pool.starmap(_jieba_lengths, [(text, segmenter) for text in joined])
     else:
-        lengths = [_jieba_lengths(text) for text in joined]
+        lengths = [_jieba_lengths(text, segmenter) for text in joined]
     out: list[np.ndarray | None] = [None] * len(texts)
     for group, word_lengths in zip(groups, lengths, strict=True):
         starts = np.concatenate([[0], np.cumsum(word_lengths, dtype=np.int64)[:-1]])
@@ -129,6 +175,8 @@ def tokenize_annotated(
     fields: Iterable[str] = (),
     word_tags: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
     batch_docs: int = 1000,
+    segmenter: Segmenter | None = None,
+    processes: int | None = None,
 ) -> TokenizedCorpus:
     """Tokenize documents (without special tokens) and compute the requested annotations.
 
@@ -138,6 +186,8 @@ def tokenize_annotated(
         word_tags: per document, (character start of each word, tag id of each word); given for
             segmented, tagged corpora (see :func:`join_words`). Needed for ``tag_labels``; when
             given, its words are also the whole words of ``word_start``.
+        segmenter: the jieba settings for ``word_start`` of Chinese text (default: jieba's own).
+        processes: jieba processes (None: one per core for large inputs; 1: this process only).
     Returns:
         A :class:`TokenizedCorpus` whose ``fields`` hold the requested annotations.
     """
@@ -158,7 +208,7 @@ def tokenize_annotated(
         words = [starts for starts, _ in word_tags]
     elif "word_start" in fields:
         texts = list(texts)
-        words = segment_words(texts)
+        words = segment_words(texts, processes=processes, segmenter=segmenter)
     chunks: dict[str, list[np.ndarray]] = {"ids": [], **{f: [] for f in fields}}
     lengths: list[int] = []
     batch: list[str] = []

@@ -288,7 +288,8 @@ class BlockFile:
         self.shape, self.dtype, self._offset = header.shape, header.dtype, header.offset
         del header
         self.path = path
-        self._row_bytes = self.shape[1] * self.dtype.itemsize
+        self._row_shape = tuple(self.shape[1:])  # () for one value per row (e.g. pair labels)
+        self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self.dtype.itemsize
         self._fd: int | None = None
         self._pid = None
 
@@ -305,10 +306,10 @@ class BlockFile:
             rows = np.arange(len(self))[rows]
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         fd = self._file()
-        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        out = np.empty((len(rows), *self._row_shape), dtype=self.dtype)
         for k, r in enumerate(rows):
             buf = os.pread(fd, self._row_bytes, self._offset + int(r) * self._row_bytes)
-            out[k] = np.frombuffer(buf, dtype=self.dtype)
+            out[k] = np.frombuffer(buf, dtype=self.dtype).reshape(self._row_shape)
         return out
 
     def __array__(self, dtype=None, copy=None):
