@@ -190,7 +190,8 @@ def annotate_stream(
         from lmvalue.data.annotate import segment_words
 
         segment_words(["预热"], processes=1, segmenter=segmenter)  # load jieba before forking
-    if workers <= 1 or sys.platform != "linux":
+    if workers <= 1 or sys.platform != "linux" or multiprocessing.current_process().daemon:
+        # (a daemonic process, e.g. a multiprocessing pool's worker, may not start children)
         local = _Backend(backend)
         for texts, word_tags, n_bytes in chunks:
             yield (*_annotate_chunk(texts, word_tags, local, fields, segmenter), n_bytes)
