@@ -273,3 +273,20 @@ def test_the_page_predicts_in_a_real_browser(tfidf_dir, tmp_path, chromium):
     assert "物流很快，质量不错" in body and "太差了，不推荐" in body
     assert body.count('class="pred"') == 4 and body.count('class="bar"') == 4  # 2 texts x 2 labels
     assert shot.is_file() and shot.stat().st_size > 5000
+
+
+def test_serve_leaves_one_core_to_the_event_loop(tfidf_dir, monkeypatch):
+    import os
+
+    import uvicorn
+
+    import lmvalue.serve as S
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    S.serve(str(tfidf_dir))
+    cores = len(os.sched_getaffinity(0))
+    assert seen["app"].state.server.settings.threads == max(1, cores - 1) == S.default_threads()
+    assert seen["host"] == "127.0.0.1"  # loopback unless told otherwise
+    S.serve(str(tfidf_dir), settings=ServeSettings(threads=3))
+    assert seen["app"].state.server.settings.threads == 3  # an explicit --threads wins

@@ -974,7 +974,10 @@ def _add_serve_command(sub) -> None:
     )
     p.add_argument("--access-log", action="store_true", help="log one line per request (default off)")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads for inference (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for inference (default: the cores less one, which is left to HTTP)",
     )
     add_trust_pickle_option(p)
     p.set_defaults(func=cmd_serve)

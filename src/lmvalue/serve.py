@@ -15,11 +15,12 @@ inputs, too long a text), 429 (queue full) or 503 (not ready): never a 500, neve
 import asyncio
 import json
 import logging
+import os
 import re
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,17 @@ class ServeSettings:
     max_chars: int = 10_000  # characters per input (413 above)
     max_queue: int = 4096  # inputs waiting (429 above)
     log_inputs: str | None = None  # JSON Lines of time, input, prediction (opt-in)
-    threads: int | None = None  # torch threads of the inference worker (None: torch's default)
+    threads: int | None = None  # torch threads of inference (None: torch's default; `serve`: cores - 1)
     trust_pickle: bool = False
+
+
+def default_threads() -> int:
+    """torch threads for inference: the cores this process may use, less one for the event loop."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 class RequestError(Exception):
@@ -481,8 +491,15 @@ def serve(
     task=None,
 ) -> None:
     """Run the server until interrupted (Ctrl-C finishes the requests in flight). ``access_log``: one log
-    line per request (off: it costs more than a tiny model's forward pass; /metrics counts requests)."""
+    line per request (off: it costs more than a tiny model's forward pass; /metrics counts requests).
+
+    Without ``settings.threads``, inference gets the cores less one: the last is left to the event loop
+    (HTTP parsing, JSON, routing answers), which otherwise contends with the model's thread pool."""
     import uvicorn
+
+    settings = settings or ServeSettings()
+    if settings.threads is None:
+        settings = replace(settings, threads=default_threads())
 
     uvicorn.run(
         create_app(model_path, settings, task=task),
