@@ -102,17 +102,32 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------- routing
 
 
-def choose_threshold(top_probs: list[float], correct: list[bool], target: float) -> float:
-    """The lowest threshold t whose automatic answers (top probability >= t) reach ``target`` precision;
-    above every probability (hand everything off) when none does."""
+def choose_threshold(
+    top_probs: list[float], correct: list[bool], target: float, weights: list[float] | None = None
+) -> float:
+    """The lowest threshold t whose automatic answers (top probability >= t) reach ``target`` precision
+    (each query counted with its weight, 1 by default); above every probability (hand everything off)
+    when none does."""
+    weights = weights or [1.0] * len(top_probs)
     order = sorted(range(len(top_probs)), key=lambda i: -top_probs[i])
-    best, hits = float("inf"), 0
+    best, hits, total = float("inf"), 0.0, 0.0
     for n, i in enumerate(order, 1):
-        hits += correct[i]
+        hits += weights[i] * correct[i]
+        total += weights[i]
         last_of_tie = n == len(order) or top_probs[order[n]] < top_probs[i]
-        if last_of_tie and hits / n >= target:
+        if last_of_tie and hits / total >= target:
             best = top_probs[i]  # answering every query down to this probability keeps the precision
     return best
+
+
+def oos_weights(examples: list[dict], oos_share: float | None) -> list[float] | None:
+    """Weights that make the out-of-scope queries ``oos_share`` of the weighted total (None: as they are)."""
+    if oos_share is None:
+        return None
+    n_oos = sum(ex["label"] == OOS for ex in examples)
+    n_in = len(examples) - n_oos
+    w = oos_share / (1 - oos_share) * n_in / n_oos
+    return [w if ex["label"] == OOS else 1.0 for ex in examples]
 
 
 def route(label: str, prob: float, threshold: float) -> dict:
@@ -122,23 +137,27 @@ def route(label: str, prob: float, threshold: float) -> dict:
     return {"action": "answer", "intent": label, "prob": prob, "answer": answer(label)}
 
 
-def routing_scores(examples: list[dict], preds: list[tuple[str, float]], threshold: float) -> dict:
-    """Answered share, precision of the answers, out-of-scope recall, in-scope coverage."""
-    answered = correct = oos = oos_handed = in_scope = in_answered_right = 0
-    for ex, (label, prob) in zip(examples, preds, strict=True):
+def routing_scores(
+    examples: list[dict], preds: list[tuple[str, float]], threshold: float, weights: list[float] | None = None
+) -> dict:
+    """Answered share, precision of the answers, out-of-scope recall, in-scope queries resolved (each
+    query counted with its weight, 1 by default)."""
+    weights = weights or [1.0] * len(examples)
+    answered = correct = oos = oos_handed = in_scope = in_answered_right = 0.0
+    for ex, (label, prob), w in zip(examples, preds, weights, strict=True):
         auto = route(label, prob, threshold)["action"] == "answer"
         right = ex["label"] != OOS and label == ex["label"]
-        answered += auto
-        correct += auto and right
+        answered += w * auto
+        correct += w * (auto and right)
         if ex["label"] == OOS:
-            oos += 1
-            oos_handed += not auto
+            oos += w
+            oos_handed += w * (not auto)
         else:
-            in_scope += 1
-            in_answered_right += auto and right
+            in_scope += w
+            in_answered_right += w * (auto and right)
     return {
         "queries": len(examples),
-        "answered": answered / len(examples),
+        "answered": answered / sum(weights),
         "precision": correct / answered if answered else None,
         "oos_recall": oos_handed / oos if oos else None,
         "in_scope_resolved": in_answered_right / in_scope if in_scope else None,
@@ -252,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-precision", type=float, default=0.95, help="precision the threshold must reach on val"
     )
+    p.add_argument(
+        "--val-oos-share",
+        type=float,
+        default=None,
+        help="choose the threshold with val's out-of-scope queries weighted to this share of the traffic "
+        "(default: as they are, 100 of 3,100)",
+    )
     p.add_argument("--preset", default="tiny", help="architecture of the scratch and pretrained arms")
     p.add_argument(
         "--vocab-size", type=int, default=8000, help="tokenizer vocabulary (trained on the utterances)"
@@ -273,8 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 DEFAULT_PRETRAIN = {"data.block_size": 64, "train.lr": 1e-3}
 DEFAULT_FINETUNE = {
-    # one learning rate instead of the study recipe's search over 3e-4 and 1e-3 (half the cost)
-    "train.lr": 1e-3,
     "data.max_length": 32,
     "train.batch_size": 32,
     "train.epochs": 20,
@@ -350,14 +374,15 @@ def main(argv: list[str] | None = None) -> dict:
             correct = [
                 ex["label"] != OOS and p[0] == ex["label"] for ex, p in zip(val, val_preds, strict=True)
             ]
-            threshold = choose_threshold([p[1] for p in val_preds], correct, args.target_precision)
+            weights = oos_weights(val, args.val_oos_share)
+            threshold = choose_threshold([p[1] for p in val_preds], correct, args.target_precision, weights)
             row = {
                 "arm": arm,
                 "per_intent": k,
                 "labels": m["examples"]["train"] + m["examples"]["dev"],
                 "in_scope_accuracy": m["test"]["accuracy"],
                 "threshold": threshold,
-                "val": routing_scores(val, val_preds, threshold),
+                "val": routing_scores(val, val_preds, threshold, weights),
                 "test": routing_scores(test, test_preds, threshold),
                 "seconds": round(time.perf_counter() - t1, 1),
             }
@@ -418,8 +443,10 @@ def results_markdown(result: dict) -> str:
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines += ["", "Verdict: " + result["study"]["verdict"], ""]
     target = result["settings"]["target_precision"]
+    share = result["settings"]["val_oos_share"]
+    weighting = "" if share is None else f", out-of-scope queries weighted to {share:.1%} of val"
     lines += [
-        f"Router on the test split (in scope + oos), threshold for {target:.0%} precision on val, seed 0:",
+        f"Router on the test split (in scope + oos), threshold for {target:.0%} precision on val{weighting}, seed 0:",
         "",
         "| arm | labels/intent | in-scope acc | threshold | answered | precision | oos handed off | val precision |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

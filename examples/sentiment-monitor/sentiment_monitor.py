@@ -51,24 +51,33 @@ ENGLISH = {
 
 
 def load_reviews(
-    path: str | Path, *, categories: list[str] | None = None, max_per_category: int | None = None
+    path: str | Path,
+    *,
+    categories: list[str] | None = None,
+    max_per_category: int | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """The reviews as ``{"id", "text", "label" (pos/neg), "cat"}``: BOM and surrounding space stripped, empty
-    reviews dropped, repeated texts kept once (the first)."""
-    rows, seen, per_cat = [], set(), {}
+    reviews dropped, repeated texts kept once (the first). ``categories`` and ``max_per_category`` (a
+    seeded sample of each category, in file order) make small slices."""
+    rows, seen = [], set()
     with open(path, encoding="utf-8-sig", newline="") as f:
         for r in csv.DictReader(f):
             text = (r["review"] or "").replace("\ufeff", "").strip()
             cat = r["cat"].strip()
             if not text or text in seen or (categories and cat not in categories):
                 continue
-            if max_per_category is not None and per_cat.get(cat, 0) >= max_per_category:
-                continue
             seen.add(text)
-            per_cat[cat] = per_cat.get(cat, 0) + 1
             label = POS if r["label"].strip() == "1" else NEG
-            rows.append({"id": len(rows), "text": text, "label": label, "cat": cat})
-    return rows
+            rows.append({"text": text, "label": label, "cat": cat})
+    if max_per_category is not None:  # the file is sorted by category and label: sample, never cut
+        by_cat: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_cat.setdefault(r["cat"], []).append(i)
+        rng = random.Random(seed)
+        keep = {i for idx in by_cat.values() for i in rng.sample(idx, min(max_per_category, len(idx)))}
+        rows = [r for i, r in enumerate(rows) if i in keep]
+    return [{"id": i, **r} for i, r in enumerate(rows)]
 
 
 def split_reviews(rows: list[dict], *, train_share: float, reserve: int, seed: int) -> dict:
@@ -255,7 +264,11 @@ def train_models(split: dict, args, out: Path) -> dict:
         )
         with quiet():
             m = pretrain(cfg)
-        info["pretrain"] = {k: m.get(k) for k in ("steps", "eval_mlm_loss", "eval_loss", "train_tokens")}
+        info["pretrain"] = {
+            "steps": m["steps"],
+            "tokens": m["tokens"],
+            "heldout_mlm_loss": (m.get("final") or {}).get("eval_mlm_loss"),
+        }
         info["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
         start = str(run / "model")
     method = "full" if args.sentiment == "pretrained" else args.sentiment
@@ -307,7 +320,20 @@ def train_models(split: dict, args, out: Path) -> dict:
             test_examples=cat_test,
             keep_model=True,
         )
+    # the category threshold: the lowest with --category-precision on the budget's own dev split
+    dev = cat["task_data"].dev
+    dev_preds = cat["task_model"].predict([{"text": r["text"]} for r in dev])
+    threshold = lowest_threshold(
+        [p["probs"][p["label"]] for p in dev_preds],
+        [p["label"] == r["label"] for p, r in zip(dev_preds, dev, strict=True)],
+        args.category_precision,
+    )
+    if threshold == float("inf"):
+        raise SystemExit(
+            f"the category model reaches {args.category_precision:.0%} precision at no threshold"
+        )
     info["category"] = {
+        "threshold": threshold,
         "model": args.category,
         "labels": cat["examples"]["train"] + cat["examples"]["dev"],
         "accuracy": cat["test"]["accuracy"],
@@ -316,12 +342,33 @@ def train_models(split: dict, args, out: Path) -> dict:
     return {"sentiment": sent["task_model"], "category": cat["task_model"], "info": info}
 
 
-def predict(models: dict, rows: list[dict]) -> list[dict]:
-    """Predicted sentiment and category of each review."""
+def lowest_threshold(top_probs: list[float], correct: list[bool], target: float) -> float:
+    """The lowest threshold t whose predictions with top probability >= t reach ``target`` precision
+    (above every probability when none does)."""
+    order = sorted(range(len(top_probs)), key=lambda i: -top_probs[i])
+    best, hits = float("inf"), 0
+    for n, i in enumerate(order, 1):
+        hits += correct[i]
+        last_of_tie = n == len(order) or top_probs[order[n]] < top_probs[i]
+        if last_of_tie and hits / n >= target:
+            best = top_probs[i]
+    return best
+
+
+def predict(models: dict, rows: list[dict], category_min_prob: float) -> list[dict]:
+    """Predicted sentiment and category of each review; ``cat`` is None (the review is counted in no
+    category) when the category model's top probability is below ``category_min_prob``."""
     examples = [{"text": r["text"]} for r in rows]
     sent = models["sentiment"].predict(examples)
-    cat = models["category"].predict(examples)
-    return [{"neg": s["label"] == NEG, "cat": c["label"]} for s, c in zip(sent, cat, strict=True)]
+    cats = models["category"].predict(examples)
+    return [
+        {
+            "neg": s["label"] == NEG,
+            "cat": c["label"] if c["probs"][c["label"]] >= category_min_prob else None,
+            "cat_top": c["label"],
+        }
+        for s, c in zip(sent, cats, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------- plot
@@ -345,7 +392,7 @@ def plot(
     for ax, c in zip(axes.flat, categories, strict=False):
         pts = result["series"][c]
         xs = [p["window"] for p in pts]
-        ax.axvspan(-0.5, baseline_windows - 0.5, color="0.92", lw=0)
+        ax.axvspan(-0.5, baseline_windows - 0.5, color="0.9", lw=0, label="baseline windows")
         if surge and surge["category"] == c:
             ax.axvspan(
                 surge["start"] - 0.5,
@@ -400,7 +447,7 @@ def plot(
         else "clean stream"
     )
     fig.suptitle(
-        f"Negative reviews per category (predicted), simulated stream; grey: baseline windows; {what}",
+        f"Share of negative reviews per category and window (predicted labels, simulated stream); {what}",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
@@ -436,7 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--sentiment-labels", type=int, default=1000, help="sentiment labels (budget, dev split included)"
     )
     p.add_argument("--category", default="tfidf", help="category model's method")
-    p.add_argument("--category-labels", type=int, default=30, help="category labels per category")
+    p.add_argument("--category-labels", type=int, default=100, help="category labels per category")
+    p.add_argument(
+        "--category-precision",
+        type=float,
+        default=0.8,
+        help="a review counts for its predicted category only when the category model's probability reaches "
+        "the lowest threshold with this precision on the category model's dev split",
+    )
     p.add_argument(
         "--pretrain-steps",
         type=int,
@@ -482,7 +536,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.finetune = parse_overrides(args.finetune)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_reviews(args.data, categories=args.categories, max_per_category=args.max_per_category)
+    rows = load_reviews(
+        args.data, categories=args.categories, max_per_category=args.max_per_category, seed=args.seed
+    )
     categories = sorted({r["cat"] for r in rows})
     split = split_reviews(rows, train_share=args.train_share, reserve=args.reserve, seed=args.seed)
     stream = split["stream"]
@@ -503,16 +559,19 @@ def main(argv: list[str] | None = None) -> dict:
     models = train_models(split, args, out)
     info = models["info"]
     print(f"models: {json.dumps(info, ensure_ascii=False)}", flush=True)
-    preds = predict(models, stream)
+    preds = predict(models, stream, info["category"]["threshold"])
     reserve_rows = [r for c in categories for r in split["reserve"][c]]
-    reserve_preds = predict(models, reserve_rows)
+    reserve_preds = predict(models, reserve_rows, info["category"]["threshold"])
     # an injected review keeps its prediction wherever it lands in the stream
     pred_of = {r["id"]: p for r, p in zip(stream + reserve_rows, preds + reserve_preds, strict=True)}
     model_seconds = time.perf_counter() - t0
     stream_acc = {
         "sentiment": sum(p["neg"] == (r["label"] == NEG) for r, p in zip(stream, preds, strict=True))
         / len(stream),
-        "category": sum(p["cat"] == r["cat"] for r, p in zip(stream, preds, strict=True)) / len(stream),
+        "category": sum(p["cat_top"] == r["cat"] for r, p in zip(stream, preds, strict=True)) / len(stream),
+        "category_assigned": sum(p["cat"] is not None for p in preds) / len(stream),
+        "category_assigned_accuracy": sum(p["cat"] == r["cat"] for r, p in zip(stream, preds, strict=True))
+        / max(1, sum(p["cat"] is not None for p in preds)),
     }
 
     def run(rows_: list[dict]) -> dict:
@@ -613,7 +672,10 @@ def results_markdown(result: dict) -> str:
         f"Models: sentiment {m['sentiment']['model']} on {m['sentiment']['labels']} labels, accuracy "
         f"{100 * m['sentiment']['accuracy']:.1f}% (held-out pool) / {100 * result['stream_accuracy']['sentiment']:.1f}% "
         f"(stream); category {m['category']['model']} on {m['category']['labels']} labels, accuracy "
-        f"{100 * m['category']['accuracy']:.1f}% / {100 * result['stream_accuracy']['category']:.1f}%.",
+        f"{100 * m['category']['accuracy']:.1f}% / {100 * result['stream_accuracy']['category']:.1f}%; "
+        f"{100 * result['stream_accuracy']['category_assigned']:.1f}% of the stream reviews reach the category "
+        f"threshold {m['category']['threshold']:.3f} and are counted, their category right for "
+        f"{100 * result['stream_accuracy']['category_assigned_accuracy']:.1f}%.",
         "",
         f"Clean stream: {result['clean']['false_alarms']} alert(s).",
         "",
