@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-per-intent", type=int, default=None, help="cap val/test examples per intent")
     p.add_argument("--oos-max", type=int, default=None, help="cap oos_val/oos_test examples")
     p.add_argument("--resume", action="store_true", help="finish an interrupted study")
+    p.add_argument("--results", default="results", help="file name (stem) of the results written in --output")
     p.add_argument(
         "--skip-study",
         action="store_true",
@@ -414,9 +415,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "router": rows,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-    (out / "results.md").write_text(results_markdown(result), encoding="utf-8")
-    print(f"\nwrote {out / 'results.md'} and {out / 'results.json'}")
+    (out / f"{args.results}.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    (out / f"{args.results}.md").write_text(results_markdown(result), encoding="utf-8")
+    print(f"\nwrote {out / args.results}.md and .json")
     return result
 
 
