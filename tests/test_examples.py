@@ -155,7 +155,7 @@ def test_sentiment_monitor_runs_with_a_pretrained_sentiment_model(monitor, tmp_p
             "--data", str(SHOPPING), "-o", str(tmp_path / "sm"),
             "--categories", "水果", "衣服", "--max-per-category", "600",
             "--window", "100", "--baseline-windows", "3", "--surge-category", "衣服", "--surge-start", "4",
-            "--surge-windows", "1", "--sentiment-labels", "100", "--category-labels", "20", "--reserve", "50",
+            "--surge-windows", "1", "--surge-share", "0.5", "--sentiment-labels", "100", "--category-labels", "20", "--reserve", "50",
             "--model-test", "100", "--pretrain-steps", "10",
             "--pretrain", *overrides({**TINY_MODEL, "model.tokenizer": zh_tokenizer_dir, "data.block_size": 64,
                                       "train.batch_size": 8, "train.eval_every": 5}),
@@ -164,5 +164,5 @@ def test_sentiment_monitor_runs_with_a_pretrained_sentiment_model(monitor, tmp_p
     )  # fmt: skip
     assert result["models"]["sentiment"]["model"] == "pretrained"
     assert result["models"]["pretrain"]["steps"] == 10
-    assert set(result["surges"]) == {"水果", "衣服"}
+    assert set(result["surges"]["0.5"]) == {"水果", "衣服"}
     assert (tmp_path / "sm" / "results.md").is_file() and (tmp_path / "sm" / "trends.png").is_file()

@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "per_intent": k,
                 "labels": m["examples"]["train"] + m["examples"]["dev"],
                 "in_scope_accuracy": m["test"]["accuracy"],
-                "threshold": threshold,
+                "threshold": threshold if threshold != float("inf") else None,  # None: all handed off
                 "val": routing_scores(val, val_preds, threshold, weights),
                 "test": routing_scores(test, test_preds, threshold),
                 "seconds": round(time.perf_counter() - t1, 1),
@@ -449,15 +449,17 @@ def results_markdown(result: dict) -> str:
     lines += [
         f"Router on the test split (in scope + oos), threshold for {target:.0%} precision on val{weighting}, seed 0:",
         "",
-        "| arm | labels/intent | in-scope acc | threshold | answered | precision | oos handed off | val precision |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | labels/intent | in-scope acc | threshold | answered | precision | oos handed off "
+        "| in-scope resolved | val precision |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["router"]:
         t = r["test"]
-        thr = "all handed off" if r["threshold"] == float("inf") else f"{r['threshold']:.3f}"
+        thr = "all handed off" if r["threshold"] is None else f"{r['threshold']:.3f}"
         lines.append(
             f"| {r['arm']} | {r['per_intent']} | {100 * r['in_scope_accuracy']:.1f}% | {thr} | {_pct(t['answered'])} "
-            f"| {_pct(t['precision'])} | {_pct(t['oos_recall'])} | {_pct(r['val']['precision'])} |"
+            f"| {_pct(t['precision'])} | {_pct(t['oos_recall'])} | {_pct(t['in_scope_resolved'])} "
+            f"| {_pct(r['val']['precision'])} |"
         )
     return "\n".join(lines) + "\n"
 

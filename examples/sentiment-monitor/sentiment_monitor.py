@@ -99,6 +99,9 @@ def split_reviews(rows: list[dict], *, train_share: float, reserve: int, seed: i
             pool.append(r)
         else:
             rest.append(r)
+    rng.shuffle(
+        rest
+    )  # the reserve came from the front of the order: shuffle again, or it would leave a trend
     n_train = int(round(train_share * len(rest)))
     return {"train_pool": rest[:n_train], "stream": rest[n_train:], "reserve": reserve_rows}
 
@@ -442,7 +445,8 @@ def plot(
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     what = (
-        f"injected surge: {ENGLISH.get(surge['category'], surge['category'])}, windows {surge['start']}-{surge['start'] + surge['windows'] - 1}"
+        f"injected surge: {ENGLISH.get(surge['category'], surge['category'])}, windows {surge['start']}-"
+        f"{surge['start'] + surge['windows'] - 1} ({surge['share']:.0%} of its positive reviews swapped for negative ones)"
         if surge
         else "clean stream"
     )
@@ -513,11 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alpha", type=float, default=0.05, help="family-wise level (Bonferroni over the period's tests)"
     )
-    p.add_argument("--surge-category", default="手机", help="category of the injected surge (the plot's)")
+    p.add_argument("--surge-category", default="衣服", help="category of the injected surge (the plot's)")
     p.add_argument("--surge-start", type=int, default=25, help="first surge window")
     p.add_argument("--surge-windows", type=int, default=3, help="surge length in windows")
     p.add_argument(
-        "--surge-share", type=float, default=0.5, help="share of the category's positive reviews swapped"
+        "--surge-share",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.25, 1.0],
+        help="surge strengths: the share of the category's positive reviews swapped (the first is plotted)",
     )
     p.add_argument(
         "--reserve", type=int, default=300, help="negative reviews per category kept for injection"
@@ -532,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per loaded or saved model would bury the monitor's lines
     args.pretrain = parse_overrides(args.pretrain)
     args.finetune = parse_overrides(args.finetune)
     out = Path(args.output)
@@ -587,45 +598,57 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
-    surges = {}
-    for c in categories:
-        surged, swapped = inject_surge(
-            stream,
-            split["reserve"][c],
-            category=c,
-            window=args.window,
-            start=args.surge_start,
-            windows=args.surge_windows,
-            share=args.surge_share,
-            seed=args.seed,
-        )
-        res = run(surged)
-        j = judge(res["alerts"], category=c, start=args.surge_start, windows=args.surge_windows)
-        base = res["baseline"][c]["rate"]
-        during = [res["series"][c][w] for w in range(args.surge_start, args.surge_start + args.surge_windows)]
-        true_base = _true_share(stream[: args.baseline_windows * args.window], c)
-        true_surge = _true_share(
-            surged[args.surge_start * args.window : (args.surge_start + args.surge_windows) * args.window], c
-        )
-        surges[c] = {
-            **j,
-            "swapped": swapped,
-            "baseline_rate": base,
-            "surge_shares": [p["share"] for p in during],
-            "true_baseline": true_base,
-            "true_surge": true_surge,
-            "per_window": sum(p["n"] for p in res["series"][c]) / n_windows,
-        }
-        print(
-            f"surge in {c} ({ENGLISH.get(c, c)}): {swapped} swapped, true neg share {true_base:.2f} -> {true_surge:.2f}; "
-            f"predicted baseline {base:.2f}, surge windows {', '.join(f'{s:.2f}' for s in surges[c]['surge_shares'])}; "
-            + (f"DETECTED with delay {j['delay_windows']} window(s)" if j["detected"] else "missed")
-            + f", {j['false_alarms']} false alarm(s)",
-            flush=True,
-        )
-        if c == args.surge_category:
-            shown = res
-    surge_desc = {"category": args.surge_category, "start": args.surge_start, "windows": args.surge_windows}
+    surges: dict[str, dict] = {}  # surge share -> category -> outcome
+    shown = None
+    for share in args.surge_share:
+        key = f"{share:g}"
+        surges[key] = {}
+        for c in categories:
+            surged, swapped = inject_surge(
+                stream,
+                split["reserve"][c],
+                category=c,
+                window=args.window,
+                start=args.surge_start,
+                windows=args.surge_windows,
+                share=share,
+                seed=args.seed,
+            )
+            res = run(surged)
+            j = judge(res["alerts"], category=c, start=args.surge_start, windows=args.surge_windows)
+            base = res["baseline"][c]["rate"]
+            surge_slice = slice(
+                args.surge_start * args.window, (args.surge_start + args.surge_windows) * args.window
+            )
+            outcome = {
+                **j,
+                "swapped": swapped,
+                "baseline_rate": base,
+                "surge_shares": [
+                    res["series"][c][w]["share"]
+                    for w in range(args.surge_start, args.surge_start + args.surge_windows)
+                ],
+                "true_baseline": _true_share(stream[: args.baseline_windows * args.window], c),
+                "true_surge": _true_share(surged[surge_slice], c),
+                "per_window": sum(p["n"] for p in res["series"][c]) / n_windows,
+            }
+            surges[key][c] = outcome
+            print(
+                f"surge {share:.0%} in {c} ({ENGLISH.get(c, c)}): {swapped} swapped, true neg share "
+                f"{outcome['true_baseline']:.2f} -> {outcome['true_surge']:.2f}; predicted baseline {base:.2f}, "
+                f"surge windows {', '.join(f'{x:.2f}' for x in outcome['surge_shares'])}; "
+                + (f"DETECTED with delay {j['delay_windows']} window(s)" if j["detected"] else "missed")
+                + f", {j['false_alarms']} false alarm(s)",
+                flush=True,
+            )
+            if c == args.surge_category and share == args.surge_share[0]:
+                shown = res
+    surge_desc = {
+        "category": args.surge_category,
+        "start": args.surge_start,
+        "windows": args.surge_windows,
+        "share": args.surge_share[0],
+    }
     plot(shown, categories, out / "trends.png", baseline_windows=args.baseline_windows, surge=surge_desc)
     plot(clean, categories, out / "trends-clean.png", baseline_windows=args.baseline_windows, surge=None)
 
@@ -644,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict:
             "baseline": {c: clean["baseline"][c]["rate"] for c in categories},
         },
         "surges": surges,
-        "headline": surges[args.surge_category],
+        "headline": surges[f"{args.surge_share[0]:g}"][args.surge_category],
         "series": {"clean": clean["series"], "surged": shown["series"]},
     }
     (out / "results.json").write_text(
@@ -679,18 +702,30 @@ def results_markdown(result: dict) -> str:
         "",
         f"Clean stream: {result['clean']['false_alarms']} alert(s).",
         "",
-        f"Injected surges (one category at a time; windows {s['surge_start']}-{s['surge_start'] + s['surge_windows'] - 1}, "
-        f"{s['surge_share']:.0%} of the category's positive reviews swapped for negative ones):",
+        f"Injected surges, one category at a time, in windows {s['surge_start']}-"
+        f"{s['surge_start'] + s['surge_windows'] - 1}: a share of the category's positive reviews swapped for "
+        "unseen negative ones of that category.",
         "",
-        "| category | reviews/window | true neg. share (base -> surge) | predicted baseline | predicted surge windows | detected | delay (windows) | false alarms |",
-        "|---|---:|---|---:|---|---|---:|---:|",
     ]
-    for c, r in result["surges"].items():
-        lines.append(
-            f"| {c} ({ENGLISH.get(c, c)}) | {r['per_window']:.0f} | {r['true_baseline']:.2f} -> {r['true_surge']:.2f} | "
-            f"{r['baseline_rate']:.2f} | {', '.join(f'{x:.2f}' for x in r['surge_shares'])} | "
-            f"{'yes' if r['detected'] else 'no'} | {'-' if r['delay_windows'] is None else r['delay_windows']} | {r['false_alarms']} |"
-        )
+    for key, by_cat in result["surges"].items():
+        detected = sum(r["detected"] for r in by_cat.values())
+        false = sum(r["false_alarms"] for r in by_cat.values())
+        lines += [
+            f"Surge share {float(key):.0%}: detected in {detected} of {len(by_cat)} categories; "
+            f"{false} false alarm(s) in all.",
+            "",
+            "| category | reviews/window | true neg. share (base -> surge) | predicted baseline "
+            "| predicted surge windows | detected | delay (windows) | false alarms |",
+            "|---|---:|---|---:|---|---|---:|---:|",
+        ]
+        for c, r in by_cat.items():
+            lines.append(
+                f"| {c} ({ENGLISH.get(c, c)}) | {r['per_window']:.0f} | {r['true_baseline']:.2f} -> "
+                f"{r['true_surge']:.2f} | {r['baseline_rate']:.2f} | "
+                f"{', '.join(f'{x:.2f}' for x in r['surge_shares'])} | {'yes' if r['detected'] else 'no'} | "
+                f"{'-' if r['delay_windows'] is None else r['delay_windows']} | {r['false_alarms']} |"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
