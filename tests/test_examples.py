@@ -156,7 +156,7 @@ def test_sentiment_monitor_runs_with_a_pretrained_sentiment_model(monitor, tmp_p
             "--categories", "水果", "衣服", "--max-per-category", "600",
             "--window", "100", "--baseline-windows", "3", "--surge-category", "衣服", "--surge-start", "4",
             "--surge-windows", "1", "--surge-share", "0.5", "--sentiment-labels", "100", "--category-labels", "20", "--reserve", "50",
-            "--model-test", "100", "--pretrain-steps", "10",
+            "--model-test", "100", "--sentiment", "pretrained", "--pretrain-steps", "10",
             "--pretrain", *overrides({**TINY_MODEL, "model.tokenizer": zh_tokenizer_dir, "data.block_size": 64,
                                       "train.batch_size": 8, "train.eval_every": 5}),
             "--finetune", "train.max_steps=10", "train.min_steps=10", "train.batch_size=8", "data.max_length=64",
