@@ -1,7 +1,8 @@
 """The worked applications in examples/ run end to end on small slices of the real data, with tiny
 models, and do what their READMEs claim: the intent router hands out-of-scope queries to a person, the
 sentiment monitor finds an injected surge in the right category and window and stays quiet on the clean
-stream. Skipped when the benchmark data (../shared/data next to the repository) is absent."""
+stream. Skipped when the benchmark data ($LMVALUE_SHARED_DATA or ../shared/data next to the repository) is
+absent."""
 
 import importlib.util
 import math
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import TINY_MODEL
+from tests.test_probe import _shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = _shared_data()  # $LMVALUE_SHARED_DATA, or ../shared/data next to the repository
 CLINC = DATA / "clinc150" / "data_full.json"
 SHOPPING = DATA / "online_shopping_10_cats" / "online_shopping_10_cats.csv"
 
