@@ -47,6 +47,8 @@ from lmvalue.data.shards import (
     FORMAT,
     BlockFile,
     cache_root,
+    commit_entry,
+    ids_dtype,
     tokenizer_fingerprint,
     whole_document_backend,
 )
@@ -310,9 +312,7 @@ def cached_annotated(
 def _annotate_to(
     folder: Path, stream, tokenizer, *, fields, n_docs, n_chars, n_bytes, info_extra, progress
 ) -> None:
-    backend = whole_document_backend(tokenizer)
-    vocab = backend.get_vocab_size(with_added_tokens=True)
-    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
+    dtype, vocab = ids_dtype(whole_document_backend(tokenizer))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -343,24 +343,16 @@ def _annotate_to(
             raise DataError(
                 f"the corpus changed while it was read ({n_docs} documents, then {done}); run again"
             )
-        np.save(tmp / "offsets.npy", offsets)
         info = {
-            "format": FORMAT,
             "annotated_format": ANNOTATED_FORMAT,
             "documents": n_docs,
-            "tokens": int(offsets[-1]),
             "characters": n_chars,
             "bytes": n_bytes,
             "dtype": np.dtype(dtype).name,
-            "vocab_size": vocab,
             "fields": {f: np.dtype(FIELD_DTYPES[f]).name for f in fields},
             **info_extra,
         }
-        (tmp / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process cached the same corpus meanwhile: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        commit_entry(tmp, folder, offsets, info, vocab)
     except BaseException:
         for fh in files.values():
             fh.close()

@@ -221,10 +221,27 @@ def cached_tokens(
     return TokenCache(folder), stats
 
 
+def ids_dtype(backend) -> tuple[type, int]:
+    """(dtype of the cached ids, vocabulary size): uint16 when the vocabulary fits, else int32."""
+    vocab = backend.get_vocab_size(with_added_tokens=True)
+    return (np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32), vocab
+
+
+def commit_entry(tmp: Path, folder: Path, offsets: np.ndarray, info: dict, vocab: int) -> None:
+    """Write the offsets and ``info.json`` of a cache entry built in ``tmp`` and rename it into place
+    (if another process cached the same corpus meanwhile, theirs is kept)."""
+    np.save(tmp / "offsets.npy", offsets)
+    info = {"format": FORMAT, "tokens": int(offsets[-1]), "vocab_size": vocab, **info}
+    (tmp / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False))
+    try:
+        tmp.rename(folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _tokenize_to(folder: Path, texts: Iterable[str], tokenizer, *, n_docs, n_chars, n_bytes) -> None:
     backend = whole_document_backend(tokenizer)
-    vocab = backend.get_vocab_size(with_added_tokens=True)
-    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
+    dtype, vocab = ids_dtype(backend)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -258,21 +275,13 @@ def _tokenize_to(folder: Path, texts: Iterable[str], tokenizer, *, n_docs, n_cha
             raise DataError(
                 f"the corpus changed while it was read ({n_docs} documents, then {done}); run again"
             )
-        np.save(tmp / "offsets.npy", offsets)
-        info = {
-            "format": FORMAT,
-            "documents": n_docs,
-            "tokens": int(offsets[-1]),
-            "characters": n_chars,
-            "bytes": n_bytes,
-            "dtype": np.dtype(dtype).name,
-            "vocab_size": vocab,
-        }
-        (tmp / "info.json").write_text(json.dumps(info, indent=2))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process cached the same corpus meanwhile: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        commit_entry(
+            tmp,
+            folder,
+            offsets,
+            {"documents": n_docs, "characters": n_chars, "bytes": n_bytes, "dtype": np.dtype(dtype).name},
+            vocab,
+        )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
