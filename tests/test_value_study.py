@@ -287,6 +287,40 @@ def test_head_options_reach_the_network_arms_only(tmp_path):
         assert (ft.model.pooling, ft.model.reinit_layers) == (("mean", 1) if network else ("cls", 0))
 
 
+def test_an_lpft_arm_shares_the_pretraining_and_fine_tunes_with_lp_ft_and_mean_pooling(tmp_path):
+    from lmvalue.config import FinetuneConfig, build_config
+    from lmvalue.value.study import LPFT_FINETUNE, StudyConfig, cell_overrides, parse_arm, preparation_graph
+
+    arm = parse_arm("pretrained:mlm+lpft")
+    assert (arm.kind, arm.arg, arm.method, arm.lpft) == ("pretrained", "mlm", "full", True)
+    assert arm.pretraining == parse_arm("pretrained:mlm").pretraining  # one pretraining run for both
+    nodes, _ = preparation_graph([parse_arm("pretrained:mlm"), arm])
+    assert [n.key for n in nodes if n.key.startswith("pretraining:")] == ["pretraining:pretrained:mlm"]
+    both = parse_arm("pretrained:mlm+lpft+uda")
+    assert both.lpft and both.uda and both.method == "full"
+    assert parse_arm("checkpoint:hfl/rbt3/lora+lpft").method == "lora"
+
+    cfg = StudyConfig()
+    state = {"model": str(tmp_path / "arm"), "from_scratch": False}
+    plain = cell_overrides(parse_arm("pretrained:mlm"), state, 100, 0, cfg, str(tmp_path / "c"))
+    lpft = cell_overrides(arm, state, 100, 0, cfg, str(tmp_path / "c"))
+    assert {k: v for k, v in lpft.items() if plain.get(k) != v} == LPFT_FINETUNE
+    ft = build_config(FinetuneConfig, overrides=lpft)
+    assert (ft.model.head_init, ft.model.pooling) == ("probe", "mean")
+    assert ft.train.lr_search  # the small-model recipe still applies
+    for bad in (
+        "tfidf+lpft",
+        "embeddings+lpft",
+        "pretrained:mlm/probe+lpft",
+        "prompt:pet+lpft",
+        "pretrained:mlm+uda+lpft",
+        "pretrained:mlm+lpft+lpft",
+        "distill:embeddings+lpft",
+    ):
+        with pytest.raises(ConfigError, match=r"\+lpft"):
+            parse_arm(bad)
+
+
 def test_arm_specs_keep_slashes_of_paths_and_hub_names():
     from lmvalue.value.study import parse_arm
 

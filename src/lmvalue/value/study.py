@@ -68,6 +68,10 @@ NETWORK_KINDS = ("scratch", "pretrained", "checkpoint", "continued")
 ARM_KINDS = ("scratch", "pretrained", "checkpoint", "continued", *NO_NETWORK, "prompt", "distill")
 SELF_SUFFIX = "+self"
 UDA_SUFFIX = "+uda"  # consistency training on the study's unlabeled pool (lmvalue.tasks.consistency)
+# LP-FT (Kumar et al. 2022) with mean pooling: the head is first fitted on the frozen encoder's mean-pooled
+# features, then every weight is fine-tuned from there; the transfer that keeps what pretraining learned
+LPFT_SUFFIX = "+lpft"
+LPFT_FINETUNE = {"model.head_init": "probe", "model.pooling": "mean"}
 # the transformer a distill: arm trains: the study's own masked-LM pretraining
 DISTILL_STUDENT = "pretrained:mlm"
 # prompt:zero / prompt:pet ask the study's own masked LM (the pretrained:mlm arm's pretraining) a
@@ -85,6 +89,7 @@ class Arm:
     options: dict = field(default_factory=dict)
     self_train: bool = False  # "+self": teacher-student self-training on the unlabeled pool
     uda: bool = False  # "+uda": consistency training on the unlabeled pool while fine-tuning
+    lpft: bool = False  # "+lpft": LP-FT with mean pooling (LPFT_FINETUNE) in every cell
     teacher: Arm | None = None  # distill: the arm whose pseudo-labels the student learns from
 
     @property
@@ -167,6 +172,23 @@ def parse_arm(spec: str) -> Arm:
                 "distill: or +self arms"
             )
         return dataclasses.replace(base, name=spec, uda=True)
+    if spec.endswith(LPFT_SUFFIX):
+        base = parse_arm(spec[: -len(LPFT_SUFFIX)])
+        from lmvalue.methods import METHODS
+
+        if (
+            base.kind not in NETWORK_KINDS
+            or base.self_train
+            or base.uda
+            or base.lpft
+            or METHODS[base.method].headless
+        ):
+            raise ConfigError(
+                f"arm {spec!r}: +lpft fits the task head of a fine-tuned network on the frozen encoder first "
+                "(e.g. pretrained:mlm+lpft, checkpoint:NAME+lpft, pretrained:mlm/lora+lpft); write it before "
+                "+self or +uda (pretrained:mlm+lpft+uda), and not on classical, prompt, distill: or /probe arms"
+            )
+        return dataclasses.replace(base, name=spec, lpft=True)
     if spec.endswith(SELF_SUFFIX):
         base = parse_arm(spec[: -len(SELF_SUFFIX)])
         if base.kind in ("prompt", "distill") or base.self_train:
@@ -1132,6 +1154,8 @@ def cell_overrides(arm: Arm, state: dict, budget: int, seed: int, cfg: StudyConf
         overrides["model.init_from"] = state["model"]
     if arm.uda:
         overrides["consistency.unlabeled"] = state["unlabeled"]
+    if arm.lpft:
+        overrides.update(LPFT_FINETUNE)
     return overrides
 
 
