@@ -210,6 +210,6 @@ def test_the_report_flags_a_probe_above_scratch_above_fine_tuning():
     }
     text = verdict(summarize(_cells(curves)))
     assert "Warning: at 32 labels the frozen probe of pretrained:mlm beats scratch but fine-tuning" in text
-    assert "model.head_init=probe" in text
+    assert "pretrained:mlm+lpft (LP-FT with mean pooling)" in text and "train.llrd=0.8" in text
     curves["pretrained:mlm"][32] = [0.61, 0.62, 0.63]  # fine-tuning above scratch: nothing to flag
     assert "Warning" not in verdict(summarize(_cells(curves)))

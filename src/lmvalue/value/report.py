@@ -473,7 +473,9 @@ def _distorted_features(summary: dict) -> list[str]:
             out.append(
                 f"Warning: at {', '.join(map(str, hit))} labels the frozen probe of {arm} beats scratch but "
                 f"fine-tuning {arm} scores below scratch: fine-tuning throws away what pretraining learned. "
-                "Try --finetune model.head_init=probe (LP-FT), model.pooling=mean or a lower learning rate."
+                + "Try "
+                + ("" if arm.endswith("+lpft") else f"the arm {arm}+lpft (LP-FT with mean pooling), ")
+                + "--finetune train.llrd=0.8 (slower lower layers and embeddings) or a lower learning rate."
             )
     return out
 
