@@ -142,3 +142,40 @@ def test_probe_starts_from_an_lmvalue_run_folder_and_refuses_a_missing_one(tiny_
     with pytest.raises(CheckpointError, match="does not exist"):
         finetune(cfg(tmp_path / "bad", tmp_path / "missing"), train_examples=reviews[:400])
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_probe_hybrid_puts_the_ngrams_next_to_the_encoder_features_and_reloads(
+    tiny_encoder, reviews, tmp_path
+):
+    def cfg(out, method):
+        return build_config(
+            FinetuneConfig,
+            overrides={
+                "method.name": method,
+                "model.init_from": str(tiny_encoder),
+                "budget.train_size": 300,
+                "data.test_size": 400,
+                "train.output_dir": str(out),
+            },
+        )
+
+    data = reviews[:2000]
+    plain = finetune(cfg(tmp_path / "probe", "probe"), train_examples=data)
+    both = finetune(cfg(tmp_path / "hybrid", "probe-hybrid"), train_examples=data)
+    # the encoder is random: its features carry next to nothing, the reviews' character n-grams do
+    assert both["test"]["accuracy"] >= plain["test"]["accuracy"] + 0.05, (plain["test"], both["test"])
+    info = both["probe-hybrid"]
+    assert info["dim"] == 32 and info["analyzer"] == "char" and info["ngram_features"] > 1000
+    assert both["trainable_params"] == 32 + info["ngram_features"] + 1
+
+    folder = tmp_path / "hybrid" / "model"
+    assert not list(folder.rglob("*.joblib")) and not list(folder.rglob("*.pkl"))  # plain data only
+    pipe = load_task_model(folder).pipeline
+    texts = [r["text"] for r in reviews[2000:2005]]
+    x = pipe.inputs(texts).toarray()
+    dense = pipe.named_steps["scale"].transform(pipe.named_steps["features"].transform(texts))
+    np.testing.assert_allclose(x[:, :32], dense / np.linalg.norm(dense, axis=1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(x[:, 32:], pipe.named_steps["ngrams"].transform(texts).toarray())
+    reloaded = load_task_model(folder)
+    data_ = load_task_data(cfg(tmp_path / "x", "probe-hybrid"), train_examples=data)
+    assert score(reloaded, data_.test)["accuracy"] == pytest.approx(both["test"]["accuracy"])

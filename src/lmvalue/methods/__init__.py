@@ -213,6 +213,15 @@ METHODS: dict[str, Method] = {
         needs_encoder=True,
         sections=("probe", "logreg"),
     ),
+    "probe-hybrid": Method(
+        "probe-hybrid",
+        "a frozen encoder's mean-pooled hidden states next to TF-IDF n-grams + one logistic regression",
+        apply=None,
+        family="classical",
+        trainer=probe.HYBRID,
+        needs_encoder=True,
+        sections=("probe", "ngrams", "logreg"),
+    ),
     # Prompt methods ask a masked LM the task as a cloze question (lmvalue.prompting).
     "zero-shot": Method(
         "zero-shot",

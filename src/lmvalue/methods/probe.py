@@ -9,6 +9,11 @@ docs/value-recipes.md). ``method.probe.layers`` picks the states: ``all`` (the m
 output and every layer) or ``last``. Texts longer than the window are cut to its first ``data.max_length`` tokens,
 or, with ``method.probe.chunks=true``, read as consecutive windows whose tokens are all averaged.
 
+``probe-hybrid`` (:data:`HYBRID`) puts the labeled texts' own TF-IDF n-grams (``method.ngrams.*``) next to
+those features, in one class-balanced logistic regression: what :mod:`lmvalue.methods.hybrid` does with
+averaged word vectors, with the pretrained encoder as the view of the unlabeled text. Both halves are
+L2-normalized rows (the encoder's after standardization), so neither dominates by scale.
+
 A saved probe is a folder with the pipeline (``model.json`` + ``model.safetensors``, as the other scikit-learn methods) and
 the encoder it reads (``encoder/``, a Hugging Face folder), so ``predict``/``serve`` need nothing else.
 """
@@ -125,18 +130,39 @@ class EncoderFeatures:
 
 class ProbeClassifier:
     """Encoder features -> standardization -> logistic regression, with the pipeline interface that
-    :func:`lmvalue.methods.tfidf.probabilities` and ``n_parameters`` read."""
+    :func:`lmvalue.methods.tfidf.probabilities` and ``n_parameters`` read. With an ``ngrams`` step
+    (``probe-hybrid``), the standardized features are L2-normalized and the n-grams' TF-IDF rows put
+    next to them."""
 
-    def __init__(self, features: EncoderFeatures, scaler, clf):
+    def __init__(self, features: EncoderFeatures, scaler, clf, ngrams=None):
         self.named_steps = {"features": features, "scale": scaler, "logreg": clf}
+        if ngrams is not None:
+            self.named_steps["ngrams"] = ngrams
 
     @property
     def classes_(self):
         return self.named_steps["logreg"].classes_
 
+    def inputs(self, texts):
+        return combine(
+            self.named_steps["scale"].transform(self.named_steps["features"].transform(texts)),
+            self.named_steps.get("ngrams"),
+            texts,
+        )
+
     def predict_proba(self, texts):
-        x = self.named_steps["scale"].transform(self.named_steps["features"].transform(texts))
-        return self.named_steps["logreg"].predict_proba(x)
+        return self.named_steps["logreg"].predict_proba(self.inputs(texts))
+
+
+def combine(dense: np.ndarray, ngrams, texts):
+    """The regression's inputs: the standardized encoder features alone, or (with a fitted n-gram
+    vectorizer) their L2-normalized rows next to the TF-IDF rows, as one sparse matrix."""
+    if ngrams is None:
+        return dense
+    from scipy import sparse
+    from sklearn.preprocessing import normalize
+
+    return sparse.hstack([sparse.csr_matrix(normalize(dense)), ngrams.transform(texts)], format="csr")
 
 
 def train(
@@ -150,27 +176,34 @@ def train(
     encoder: str,
     max_length: int,
     tokenizer=None,
+    ngrams: bool = False,
 ) -> tuple[object, dict]:
-    """Encode the training split once, fit one logistic regression per ``cfg.logreg.c``, keep the best on ``dev``."""
+    """Encode the training split once, fit one logistic regression per ``cfg.logreg.c``, keep the best on
+    ``dev``. ``ngrams``: the encoder features next to the texts' TF-IDF n-grams (``probe-hybrid``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     from lmvalue.methods.tfidf import classifier_inputs
 
+    name = "probe-hybrid" if ngrams else "probe"
     if spec.level == "token":
-        raise DataError("method probe supports classification and pair tasks, not tagging")
+        raise DataError(f"method {name} supports classification and pair tasks, not tagging")
     features = EncoderFeatures(
         encoder, cfg.probe.layers, max_length, tokenizer=tokenizer, chunks=cfg.probe.chunks
     )
-    x = features.transform(classifier_inputs(train_set))
+    texts = classifier_inputs(train_set)
+    x = features.transform(texts)
     scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
+    vectorizer = _ngram_vectorizer(texts, cfg).fit(texts) if ngrams else None
+    xs = combine(scaler.transform(x), vectorizer, texts)
     labels = [ex["label"] for ex in train_set]
     grid = list(cfg.logreg.c) if dev else [1.0]
     best, best_score, scores = None, (-np.inf,), {}
     for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(xs, labels)
-        pipe = ProbeClassifier(features, scaler, clf)
+        # balanced like tfidf/hybrid when the n-grams take part, as the plain probe was measured without
+        weight = "balanced" if ngrams else None
+        clf = LogisticRegression(C=c, max_iter=3000, random_state=seed, class_weight=weight).fit(xs, labels)
+        pipe = ProbeClassifier(features, scaler, clf, vectorizer)
         s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
         scores[str(c)] = s[0]
         if s > best_score:
@@ -183,7 +216,26 @@ def train(
         "chunks": cfg.probe.chunks,
         "dim": int(x.shape[1]),
     }
+    if vectorizer is not None:
+        info.update(
+            analyzer=vectorizer.analyzer,
+            ngram_range=list(vectorizer.ngram_range),
+            ngram_features=len(vectorizer.vocabulary_),
+        )
     return best, info
+
+
+def _ngram_vectorizer(texts: list[str], cfg):
+    """The TF-IDF n-grams of :mod:`lmvalue.methods.hybrid`: characters for Chinese, words otherwise."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from lmvalue.methods.embeddings import is_cjk
+
+    analyzer = cfg.ngrams.analyzer
+    if analyzer == "auto":
+        analyzer = "char" if is_cjk(texts) else "word"
+    ngrams = tuple(cfg.ngrams.range or (1, 2))
+    return TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)
 
 
 def save(pipe: ProbeClassifier, folder: Path) -> None:
@@ -226,4 +278,27 @@ def prepare(cfg) -> dict:
 
 def describe(info: dict) -> str:
     read = ", every window of long texts" if info.get("chunks") else ""
-    return f"{info['dim']} features ({info['layers']} layers{read}) of {info['encoder']}, C={info['C']:g}"
+    grams = (
+        f" + {info['ngram_features']} {info['analyzer']} n-grams {info['ngram_range']}"
+        if "ngram_features" in info
+        else ""
+    )
+    return (
+        f"{info['dim']} features ({info['layers']} layers{read}) of {info['encoder']}{grams}, C={info['C']:g}"
+    )
+
+
+class _Hybrid:
+    """The trainer of method ``probe-hybrid``: this module's, with the n-grams."""
+
+    prepare = staticmethod(prepare)
+    save = staticmethod(save)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
+
+    @staticmethod
+    def train(*args, **kwargs):
+        return train(*args, **kwargs, ngrams=True)
+
+
+HYBRID = _Hybrid()
