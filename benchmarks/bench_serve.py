@@ -111,9 +111,54 @@ def malformed(rng: random.Random) -> tuple[bytes, str]:
     return body, kind
 
 
-async def load(port: int, texts: list[str], n: int, concurrency: int, bad_share: float, seed: int) -> dict:
-    import httpx
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client connection (asyncio streams). The load generator shares the 2
+    cores with the server under test, so it must cost little per request: httpx's AsyncClient spends
+    about 1-2 ms of CPU per request, which capped both servers at the client's own rate (run 3 of
+    docs/serving.md: GET /health 432 requests/s). Reconnects after the server closed the connection."""
 
+    def __init__(self, port: int):
+        self.port, self.reader, self.writer = port, None, None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                head = (
+                    f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                self.writer.write(head + body)
+                status_line = await self.reader.readline()
+                if not status_line:
+                    raise ConnectionError("closed")
+                status = int(status_line.split()[1])
+                length, close = None, False
+                while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    name = name.strip().lower()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "connection" and value.strip().lower() == "close":
+                        close = True
+                data = await (self.reader.readexactly(length) if length is not None else self.reader.read())
+                if close or length is None:
+                    self.close()
+                return status, data
+            except (ConnectionError, asyncio.IncompleteReadError, OSError):
+                self.close()
+                if attempt or body:  # a request with a body is not resent: count it as a failed connection
+                    raise
+        raise ConnectionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def load(port: int, texts: list[str], n: int, concurrency: int, bad_share: float, seed: int) -> dict:
     rng = random.Random(seed)
     plan = []
     for i in range(n):
@@ -126,33 +171,36 @@ async def load(port: int, texts: list[str], n: int, concurrency: int, bad_share:
     queue = asyncio.Queue()
     for item in plan:
         queue.put_nowait(item)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
 
-        async def worker():
+    async def worker():
+        conn = Connection(port)
+        try:
             while not queue.empty():
                 kind, body, tag = queue.get_nowait()
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(
-                        "/predict", content=body, headers={"Content-Type": "application/json"}
-                    )
-                    code = r.status_code
-                except httpx.HTTPError:
-                    code = "conn"
+                    code, data = await asyncio.wait_for(conn.request("POST", "/predict", body), 120)
+                except (ConnectionError, asyncio.IncompleteReadError, OSError, TimeoutError):
+                    code, data = "conn", b""
+                    conn.close()
                 codes[code] = codes.get(code, 0) + 1
                 if kind == "good":
                     latencies.append(time.perf_counter() - t0)
                     if code == 200:
-                        answers[tag] = r.json()[0]
+                        answers[tag] = json.loads(data)[0]
+        finally:
+            conn.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        try:
-            alive = (await client.get("/health")).status_code == 200
-        except httpx.HTTPError:
-            alive = False
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    probe = Connection(port)
+    try:
+        alive = (await probe.request("GET", "/health"))[0] == 200
+    except (ConnectionError, OSError):
+        alive = False
+    finally:
+        probe.close()
     latencies.sort()
     good = sum(1 for p in plan if p[0] == "good")
     return {
@@ -171,20 +219,20 @@ async def load(port: int, texts: list[str], n: int, concurrency: int, bad_share:
 
 async def empty_rate(port: int, n: int, concurrency: int) -> float:
     """Requests/s of GET /health with the same client: the ceiling of the HTTP layer and the client here."""
-    import httpx
-
     left = [n]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
 
-        async def worker():
+    async def worker():
+        conn = Connection(port)
+        try:
             while left[0] > 0:
                 left[0] -= 1
-                await client.get("/health")
+                await conn.request("GET", "/health")
+        finally:
+            conn.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - t0)
 
 
 def model_rates(model: Path, texts: list[str]) -> dict:
