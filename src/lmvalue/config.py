@@ -756,7 +756,18 @@ class FinetuneConfig:
 # `lmvalue value` and `lmvalue continual`: flat configs (their CLI flags are generated from these
 # fields: ``--name-with-dashes``, or ``flag`` in the metadata).
 
-DEFAULT_ARMS = ("scratch", "pretrained:mlm", "tfidf", "embeddings")
+# every way to use the unlabeled text measured to pay on one of the five dev tasks (docs/value-recipes.md),
+# next to scratch and both label-only baselines; the pretrained:mlm variants share one pretraining run
+DEFAULT_ARMS = (
+    "scratch",
+    "pretrained:mlm",
+    "pretrained:mlm+lpft",
+    "pretrained:mlm/probe-hybrid",
+    "tfidf",
+    "nbsvm",
+    "embeddings",
+    "hybrid",
+)
 # where a study's cells run (lmvalue.value.scaling)
 EXECUTORS = ("local", "ray")
 
@@ -784,6 +795,7 @@ class StudyConfig:
         "one arm's own pretraining settings after '@', e.g. pretrained:mlm@model.preset=mini,data.block_size=64 "
         "(a tokenizer.* setting gives the arm its own tokenizer: pretrained:mlm@tokenizer.vocab_size=30000); "
         "ARM+self self-trains an arm on the corpus (embeddings+self, nbsvm+self, pretrained:mlm+self); "
+        "ARM+lpft fine-tunes with LP-FT and mean pooling (pretrained:mlm+lpft); ARM+uda adds consistency training; "
         "distill:TEACHER trains the study's pretrained transformer on TEACHER's pseudo-labels "
         "(distill:embeddings+self)",
     )
