@@ -275,7 +275,7 @@ def test_the_page_predicts_in_a_real_browser(tfidf_dir, tmp_path, chromium):
     assert shot.is_file() and shot.stat().st_size > 5000
 
 
-def test_serve_leaves_one_core_to_the_event_loop(tfidf_dir, monkeypatch):
+def test_serve_runs_inference_on_the_cores_it_may_use(tfidf_dir, monkeypatch):
     import os
 
     import uvicorn
@@ -286,7 +286,10 @@ def test_serve_leaves_one_core_to_the_event_loop(tfidf_dir, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     S.serve(str(tfidf_dir))
     cores = len(os.sched_getaffinity(0))
-    assert seen["app"].state.server.settings.threads == max(1, cores - 1) == S.default_threads()
+    assert seen["app"].state.server.settings.threads == cores == S.default_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # a container limited to 3 cores
+    S.serve(str(tfidf_dir))
+    assert seen["app"].state.server.settings.threads == 3
     assert seen["host"] == "127.0.0.1"  # loopback unless told otherwise
     S.serve(str(tfidf_dir), settings=ServeSettings(threads=3))
     assert seen["app"].state.server.settings.threads == 3  # an explicit --threads wins

@@ -977,7 +977,7 @@ def _add_serve_command(sub) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads for inference (default: the cores less one, which is left to HTTP)",
+        help="torch threads for inference (default: every core this process may use)",
     )
     add_trust_pickle_option(p)
     p.set_defaults(func=cmd_serve)
