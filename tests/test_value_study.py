@@ -248,7 +248,15 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
     from lmvalue.value.study import cell_overrides, demo_config, parse_arm
 
     cfg = demo_config(str(tmp_path / "demo"))
-    assert cfg.arms == ["scratch", "pretrained:mlm", "tfidf", "nbsvm", "embeddings", "hybrid"]
+    assert cfg.arms == [
+        "scratch",
+        "pretrained:mlm",
+        "pretrained:mlm/probe-hybrid",
+        "tfidf",
+        "nbsvm",
+        "embeddings",
+        "hybrid",
+    ]
     assert cfg.seeds == 3
     assert cfg.pretrain_steps == 4000 and cfg.pretrain_minutes is None  # reproducible on any machine
     assert len(cfg.budgets) == 4
@@ -256,6 +264,7 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
     states = {
         "scratch": {"from_scratch": True, "tokenizer": str(tmp_path / "tok")},
         "pretrained:mlm": {"model": str(tmp_path / "arm"), "from_scratch": False},
+        "pretrained:mlm/probe-hybrid": {"model": str(tmp_path / "arm"), "from_scratch": False},
         "tfidf": {},
         "nbsvm": {},
         "embeddings": {"vectors": str(tmp_path / "v.kv")},
@@ -264,7 +273,7 @@ def test_demo_settings_are_the_issue_shape_and_every_cell_config_is_valid(tmp_pa
     for name, state in states.items():
         over = cell_overrides(parse_arm(name), state, 100, 0, cfg, str(tmp_path / "cell"))
         ft = build_config(FinetuneConfig, overrides=over)  # raises on an unknown or invalid setting
-        if name not in ("tfidf", "nbsvm", "embeddings", "hybrid"):
+        if name in ("scratch", "pretrained:mlm"):
             assert ft.train.lr_search and ft.train.min_steps >= 100
     build_config(PretrainConfig, overrides={**cfg.pretrain_overrides, "model.preset": cfg.preset})
 
