@@ -18,21 +18,22 @@ from lmvalue.methods.embeddings import MeanVectors, is_cjk, resolve_vectors
 from lmvalue.methods.tfidf import choose_c, classifier_inputs, load, prepare, save  # noqa: F401
 
 
-def build(texts: list[str], kv, cjk: bool, cfg, c: float, seed: int):
+def ngram_vectorizer(cfg, cjk: bool):
+    """The labeled texts' TF-IDF n-grams (``method.ngrams.*``): characters for Chinese, words otherwise."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import FeatureUnion, Pipeline
 
     analyzer = cfg.ngrams.analyzer
     if analyzer == "auto":
         analyzer = "char" if cjk else "word"
     ngrams = tuple(cfg.ngrams.range or (1, 2))
-    features = FeatureUnion(
-        [
-            ("vectors", MeanVectors(kv, cjk)),
-            ("tfidf", TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)),
-        ]
-    )
+    return TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)
+
+
+def build(texts: list[str], kv, cjk: bool, cfg, c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    features = FeatureUnion([("vectors", MeanVectors(kv, cjk)), ("tfidf", ngram_vectorizer(cfg, cjk))])
     clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
     return Pipeline([("features", features), ("logreg", clf)])
 

@@ -183,6 +183,8 @@ def train(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    from lmvalue.methods import hybrid
+    from lmvalue.methods.embeddings import is_cjk
     from lmvalue.methods.tfidf import classifier_inputs
 
     name = "probe-hybrid" if ngrams else "probe"
@@ -194,14 +196,14 @@ def train(
     texts = classifier_inputs(train_set)
     x = features.transform(texts)
     scaler = StandardScaler().fit(x)
-    vectorizer = _ngram_vectorizer(texts, cfg).fit(texts) if ngrams else None
+    vectorizer = hybrid.ngram_vectorizer(cfg, is_cjk(texts)).fit(texts) if ngrams else None
     xs = combine(scaler.transform(x), vectorizer, texts)
     labels = [ex["label"] for ex in train_set]
     grid = list(cfg.logreg.c) if dev else [1.0]
     best, best_score, scores = None, (-np.inf,), {}
+    # balanced like tfidf/hybrid when the n-grams take part, as the plain probe was measured without
+    weight = "balanced" if ngrams else None
     for c in grid:
-        # balanced like tfidf/hybrid when the n-grams take part, as the plain probe was measured without
-        weight = "balanced" if ngrams else None
         clf = LogisticRegression(C=c, max_iter=3000, random_state=seed, class_weight=weight).fit(xs, labels)
         pipe = ProbeClassifier(features, scaler, clf, vectorizer)
         s = score(pipe, dev) if dev else (0.0,)  # (metric, tie-breaker)
@@ -223,19 +225,6 @@ def train(
             ngram_features=len(vectorizer.vocabulary_),
         )
     return best, info
-
-
-def _ngram_vectorizer(texts: list[str], cfg):
-    """The TF-IDF n-grams of :mod:`lmvalue.methods.hybrid`: characters for Chinese, words otherwise."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    from lmvalue.methods.embeddings import is_cjk
-
-    analyzer = cfg.ngrams.analyzer
-    if analyzer == "auto":
-        analyzer = "char" if is_cjk(texts) else "word"
-    ngrams = tuple(cfg.ngrams.range or (1, 2))
-    return TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=1)
 
 
 def save(pipe: ProbeClassifier, folder: Path) -> None:

@@ -143,6 +143,22 @@ def parse_arm_options(spec: str, text: str, *, allowed: tuple[str, ...] = ()) ->
     return options
 
 
+def _network_base(spec: str, suffix: str, refusal: str, *, may_follow: tuple[str, ...] = ()) -> Arm:
+    """The arm before ``suffix``: one that fine-tunes a network (a task head) and carries no suffix but
+    those in ``may_follow``; else ``refusal``."""
+    from lmvalue.methods import METHODS
+
+    base = parse_arm(spec[: -len(suffix)])
+    carried = {SELF_SUFFIX: base.self_train, UDA_SUFFIX: base.uda, LPFT_SUFFIX: base.lpft}
+    if (
+        base.kind not in NETWORK_KINDS
+        or METHODS[base.method].headless
+        or any(on for name, on in carried.items() if name not in may_follow)
+    ):
+        raise ConfigError(f"arm {spec!r}: {refusal}")
+    return base
+
+
 def parse_arm(spec: str) -> Arm:
     if spec.startswith("distill:"):
         teacher_spec = spec[len("distill:") :]
@@ -157,37 +173,23 @@ def parse_arm(spec: str) -> Arm:
         student = parse_arm(DISTILL_STUDENT)
         return dataclasses.replace(student, name=spec, kind="distill", teacher=teacher)
     if spec.endswith(UDA_SUFFIX):
-        base = parse_arm(spec[: -len(UDA_SUFFIX)])
-        from lmvalue.methods import METHODS
-
-        if (
-            base.kind not in NETWORK_KINDS
-            or base.self_train
-            or base.uda
-            or METHODS[base.method].family != "network"
-        ):
-            raise ConfigError(
-                f"arm {spec!r}: +uda adds consistency training to an arm that fine-tunes a network "
-                "(e.g. pretrained:mlm+uda, scratch+uda, checkpoint:NAME/lora+uda); not to classical, prompt, "
-                "distill: or +self arms"
-            )
+        base = _network_base(
+            spec,
+            UDA_SUFFIX,
+            "+uda adds consistency training to an arm that fine-tunes a network "
+            "(e.g. pretrained:mlm+uda, scratch+uda, checkpoint:NAME/lora+uda); not to classical, prompt, "
+            "distill: or +self arms",
+            may_follow=(LPFT_SUFFIX,),
+        )
         return dataclasses.replace(base, name=spec, uda=True)
     if spec.endswith(LPFT_SUFFIX):
-        base = parse_arm(spec[: -len(LPFT_SUFFIX)])
-        from lmvalue.methods import METHODS
-
-        if (
-            base.kind not in NETWORK_KINDS
-            or base.self_train
-            or base.uda
-            or base.lpft
-            or METHODS[base.method].headless
-        ):
-            raise ConfigError(
-                f"arm {spec!r}: +lpft fits the task head of a fine-tuned network on the frozen encoder first "
-                "(e.g. pretrained:mlm+lpft, checkpoint:NAME+lpft, pretrained:mlm/lora+lpft); write it before "
-                "+self or +uda (pretrained:mlm+lpft+uda), and not on classical, prompt, distill: or /probe arms"
-            )
+        base = _network_base(
+            spec,
+            LPFT_SUFFIX,
+            "+lpft fits the task head of a fine-tuned network on the frozen encoder first "
+            "(e.g. pretrained:mlm+lpft, checkpoint:NAME+lpft, pretrained:mlm/lora+lpft); write it before "
+            "+self or +uda (pretrained:mlm+lpft+uda), and not on classical, prompt, distill: or /probe arms",
+        )
         return dataclasses.replace(base, name=spec, lpft=True)
     if spec.endswith(SELF_SUFFIX):
         base = parse_arm(spec[: -len(SELF_SUFFIX)])
